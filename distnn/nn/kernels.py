@@ -1,0 +1,157 @@
+"""Numba kernels for the hot loops: im2col/col2im in NHWC, pooling, fused activations.
+
+All kernels write into caller-provided buffers so the training step does not allocate.
+They compile lazily per dtype (float32 for training, float64 for gradient checks) and are
+cached on disk (`cache=True`).
+"""
+
+import numba as nb
+
+from distnn.nn.errors import ShapeError
+
+_JIT = dict(cache=True, fastmath=False, boundscheck=False)
+
+
+@nb.njit(**_JIT)
+def im2col(x, cols, kh, kw, stride, pad, ho, wo):
+    """x: (N, H, W, C) -> cols: (N*Ho*Wo, KH*KW*C), row r = (n, i, j), column = (p, q, c).
+
+    Zero padding is written explicitly, so `cols` may be a reused, dirty buffer.
+    """
+    n_, h, w, c = x.shape
+    for n in range(n_):
+        for i in range(ho):
+            for j in range(wo):
+                row = (n * ho + i) * wo + j
+                for p in range(kh):
+                    y = i * stride + p - pad
+                    for q in range(kw):
+                        xx = j * stride + q - pad
+                        base = (p * kw + q) * c
+                        if 0 <= y < h and 0 <= xx < w:
+                            for ch in range(c):
+                                cols[row, base + ch] = x[n, y, xx, ch]
+                        else:
+                            for ch in range(c):
+                                cols[row, base + ch] = 0.0
+
+
+@nb.njit(**_JIT)
+def col2im(cols, dx, kh, kw, stride, pad, ho, wo):
+    """Adjoint of im2col: scatter-add cols (N*Ho*Wo, KH*KW*C) into dx (N, H, W, C) (zeroed here)."""
+    n_, h, w, c = dx.shape
+    dx[:] = 0.0
+    for n in range(n_):
+        for i in range(ho):
+            for j in range(wo):
+                row = (n * ho + i) * wo + j
+                for p in range(kh):
+                    y = i * stride + p - pad
+                    if y < 0 or y >= h:
+                        continue
+                    for q in range(kw):
+                        xx = j * stride + q - pad
+                        if xx < 0 or xx >= w:
+                            continue
+                        base = (p * kw + q) * c
+                        for ch in range(c):
+                            dx[n, y, xx, ch] += cols[row, base + ch]
+
+
+@nb.njit(**_JIT)
+def bias_relu_(out2d, b, relu):
+    """In place: out2d (M, F) += b (F,), then ReLU if `relu`."""
+    m, f = out2d.shape
+    for r in range(m):
+        for k in range(f):
+            v = out2d[r, k] + b[k]
+            if relu and v < 0.0:
+                v = 0.0
+            out2d[r, k] = v
+
+
+@nb.njit(**_JIT)
+def relu_backward_(dout, out):
+    """In place on flat arrays: dout[i] = 0 where out[i] <= 0 (out is the ReLU output)."""
+    for i in range(dout.size):
+        if out[i] <= 0.0:
+            dout[i] = 0.0
+
+
+@nb.njit(**_JIT)
+def maxpool_forward(x, out, arg, size, stride):
+    """x: (N, H, W, C) -> out: (N, Ho, Wo, C); arg (N, Ho, Wo, C) int32 holds the window offset."""
+    n_, ho, wo, c = out.shape
+    for n in range(n_):
+        for i in range(ho):
+            for j in range(wo):
+                for ch in range(c):
+                    best = x[n, i * stride, j * stride, ch]
+                    besti = 0
+                    for p in range(size):
+                        for q in range(size):
+                            v = x[n, i * stride + p, j * stride + q, ch]
+                            if v > best:
+                                best = v
+                                besti = p * size + q
+                    out[n, i, j, ch] = best
+                    arg[n, i, j, ch] = besti
+
+
+@nb.njit(**_JIT)
+def maxpool_backward(dout, arg, dx, size, stride):
+    """Route dout (N, Ho, Wo, C) to the argmax of each window in dx (N, H, W, C) (zeroed here)."""
+    n_, ho, wo, c = dout.shape
+    dx[:] = 0.0
+    for n in range(n_):
+        for i in range(ho):
+            for j in range(wo):
+                for ch in range(c):
+                    a = arg[n, i, j, ch]
+                    p = a // size
+                    q = a - p * size
+                    dx[n, i * stride + p, j * stride + q, ch] += dout[n, i, j, ch]
+
+
+@nb.njit(**_JIT)
+def avgpool_forward(x, out, size, stride):
+    """x: (N, H, W, C) -> out: (N, Ho, Wo, C), mean over each size×size window."""
+    n_, ho, wo, c = out.shape
+    scale = 1.0 / (size * size)
+    for n in range(n_):
+        for i in range(ho):
+            for j in range(wo):
+                for ch in range(c):
+                    s = 0.0
+                    for p in range(size):
+                        for q in range(size):
+                            s += x[n, i * stride + p, j * stride + q, ch]
+                    out[n, i, j, ch] = s * scale
+
+
+@nb.njit(**_JIT)
+def avgpool_backward(dout, dx, size, stride):
+    """Spread dout (N, Ho, Wo, C) evenly over each window of dx (N, H, W, C) (zeroed here)."""
+    n_, ho, wo, c = dout.shape
+    dx[:] = 0.0
+    scale = 1.0 / (size * size)
+    for n in range(n_):
+        for i in range(ho):
+            for j in range(wo):
+                for ch in range(c):
+                    g = dout[n, i, j, ch] * scale
+                    for p in range(size):
+                        for q in range(size):
+                            dx[n, i * stride + p, j * stride + q, ch] += g
+
+
+def output_size(size: int, kernel: int, stride: int, pad: int, where: str) -> int:
+    """(size - kernel + 2*pad) / stride + 1, refusing a non-integral result instead of cropping."""
+    span = size - kernel + 2 * pad
+    if span < 0 or span % stride != 0:
+        raise ShapeError(
+            f"{where}: (W - F + 2P) = ({size} - {kernel} + 2*{pad}) = {span} is not a non-negative "
+            f"multiple of stride {stride}; expected an input size, kernel, padding and stride "
+            f"that tile the input exactly"
+        )
+    return span // stride + 1

@@ -1,0 +1,190 @@
+"""Sequential model built from plain-dict layer specs, with all parameters in flat buffers.
+
+Every parameter and its gradient are views into two contiguous arrays, `model.params` and
+`model.grads` (and non-trained state such as BatchNorm running statistics into `model.state`),
+so an allreduce or an optimizer step is one call over one array.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from distnn.nn.activations import ELU, LeakyReLU, Maxout, ReLU, Sigmoid, Tanh
+from distnn.nn.base import Layer
+from distnn.nn.conv import Conv2D
+from distnn.nn.dense import Dense, Flatten
+from distnn.nn.errors import SpecError, StateError
+from distnn.nn.losses import LOSSES
+from distnn.nn.pool import AvgPool2D, GlobalAvgPool, MaxPool2D
+from distnn.nn.regularize import BatchNorm, Dropout
+
+LAYERS: dict[str, type[Layer]] = {
+    cls.kind: cls
+    for cls in (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool, Dense, Flatten, ReLU, LeakyReLU,
+                ELU, Tanh, Sigmoid, Maxout, Dropout, BatchNorm)
+}
+_ALIGN = 16  # elements: each view starts on a 64-byte boundary for float32 BLAS/SIMD
+
+
+def build_layer(spec: dict, index: int) -> Layer:
+    """One layer from a spec like {"type": "conv", "filters": 10, "kernel": 3, "pad": 1}."""
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise SpecError(f"layer {index}: spec {spec!r}, expected a dict with a 'type' key")
+    kind = spec["type"]
+    cls = LAYERS.get(kind)
+    if cls is None:
+        raise SpecError(
+            f"layer {index}: unknown type {kind!r}; expected one of {', '.join(sorted(LAYERS))}"
+        )
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    kwargs = {k: v for k, v in spec.items() if k != "type"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise SpecError(
+            f"layer {index} ({kind}): unknown key(s) {unknown}; expected some of {sorted(allowed)}"
+        )
+    kwargs.setdefault("name", f"{kind}{index}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a missing required argument such as filters/units
+        raise SpecError(f"layer {index} ({kind}): {exc}") from None
+
+
+def _layout(layers, shapes_of):
+    """Offsets of every named array in one flat buffer, each aligned to _ALIGN elements."""
+    slots, total = [], 0
+    for layer in layers:
+        for name, shape in shapes_of(layer).items():
+            slots.append((layer, name, shape, total))
+            total += -(-int(np.prod(shape)) // _ALIGN) * _ALIGN
+    return slots, total
+
+
+class Sequential:
+    """A stack of layers. input_shape is per sample: (H, W, C) for images, (D,) for vectors.
+
+    forward(x (N,)+input_shape, training) -> scores (N, K); backward(dscores) fills model.grads.
+    The arrays returned by forward are work buffers reused by the next call: copy to keep them.
+    """
+
+    def __init__(self, specs: list[dict], input_shape, seed: int = 0, dtype=np.float32):
+        if not isinstance(specs, (list, tuple)) or not specs:
+            raise SpecError(f"model: layers={specs!r}, expected a non-empty list of layer specs")
+        self.specs = [dict(s) if isinstance(s, dict) else s for s in specs]
+        self.layers = [build_layer(spec, i) for i, spec in enumerate(self.specs)]
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise SpecError(f"model: dtype {self.dtype}, expected float32 or float64")
+        shape = self.input_shape
+        for layer in self.layers:
+            shape = layer.build(shape, self.dtype)
+        self.output_shape = shape
+        self.layers[0].input_grad = False
+        self._fuse_relus()
+        self._bind()
+        self.seed = seed
+        rng = np.random.default_rng(seed)
+        for layer in self.layers:
+            layer.init_params(rng)
+
+    def _fuse_relus(self):
+        for prev, layer in zip(self.layers, self.layers[1:]):
+            if isinstance(layer, ReLU) and isinstance(prev, (Conv2D, Dense)):
+                prev.fuse_relu = layer.fused = True
+
+    def _bind(self):
+        pslots, ptotal = _layout(self.layers, lambda layer: layer.param_shapes())
+        sslots, stotal = _layout(self.layers, lambda layer: layer.state_shapes())
+        self.params = np.zeros(ptotal, self.dtype)
+        self.grads = np.zeros(ptotal, self.dtype)
+        self.state = np.zeros(stotal, self.dtype)
+        self.decay_mask = np.zeros(ptotal, self.dtype)
+        self._named: dict[str, np.ndarray] = {}
+        self._decayed: list[tuple[np.ndarray, np.ndarray]] = []
+        for layer, name, shape, off in pslots:
+            size = int(np.prod(shape))
+            layer.p[name] = self.params[off:off + size].reshape(shape)
+            layer.g[name] = self.grads[off:off + size].reshape(shape)
+            self._named[f"{layer.name}.{name}"] = layer.p[name]
+            if name in layer.decayed():
+                self.decay_mask[off:off + size] = 1
+                self._decayed.append((layer.p[name], layer.g[name]))
+        for layer, name, shape, off in sslots:
+            layer.s[name] = self.state[off:off + int(np.prod(shape))].reshape(shape)
+            self._named[f"{layer.name}.{name}"] = layer.s[name]
+        self.num_params = sum(p.size for layer in self.layers for p in layer.p.values())
+
+    # -- computation --------------------------------------------------------------------------
+    def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+        """x: (N,) + input_shape of the model's dtype -> scores (N,) + output_shape."""
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, dout: np.ndarray) -> None:
+        """Back-propagate d(loss)/d(scores); overwrites model.grads."""
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+
+    def forward_backward(self, x, y, loss: str = "softmax", l2: float = 0.0,
+                         denom: int | None = None) -> tuple[float, np.ndarray]:
+        """One training pass: returns (data loss + L2 penalty, scores). Gradients in model.grads.
+
+        `denom` divides summed losses (default N); with L2, each call adds the full penalty
+        scaled by N/denom so that summing the calls of workers sharing one global batch adds it
+        exactly once.
+        """
+        fn = LOSSES.get(loss)
+        if fn is None:
+            raise SpecError(f"model: loss {loss!r}, expected one of {', '.join(LOSSES)}")
+        scores = self.forward(x, training=True)
+        value, dscores = fn(scores, y, denom=denom)
+        self.backward(dscores)
+        if l2:
+            share = x.shape[0] / (denom or x.shape[0])
+            value += l2 * share * self.add_l2_(l2 * share)
+        return value, scores
+
+    def add_l2_(self, coef: float) -> float:
+        """Add coef * W to the gradient of every decayed weight; return 0.5 * sum(W^2)."""
+        total = 0.0
+        for w, g in self._decayed:
+            total += 0.5 * float(np.vdot(w, w))
+            g += coef * w
+        return total
+
+    def predict(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
+        """Scores in evaluation mode (dropout off, BatchNorm running statistics), as a new array."""
+        outs = [self.forward(x[i:i + batch], training=False).copy() for i in range(0, len(x), batch)]
+        return np.concatenate(outs) if outs else np.zeros((0,) + self.output_shape, self.dtype)
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every named parameter and state array, e.g. 'conv0.W', 'batchnorm2.running_var'."""
+        return {name: arr.copy() for name, arr in self._named.items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy arrays in after checking that names and shapes match exactly (StateError if not)."""
+        missing = sorted(set(self._named) - set(state))
+        extra = sorted(set(state) - set(self._named))
+        if missing or extra:
+            raise StateError(f"model state: missing arrays {missing}, unexpected arrays {extra}")
+        for name, arr in self._named.items():
+            value = np.asarray(state[name])
+            if value.shape != arr.shape:
+                raise StateError(f"model state: {name} has shape {value.shape}, expected {arr.shape}")
+        for name, arr in self._named.items():
+            arr[...] = state[name]
+
+    def summary(self) -> str:
+        """A table of each layer's output shape and parameter count, and the total."""
+        rows = [f"{'layer':<16}{'description':<34}{'output':<18}{'params':>10}"]
+        rows.append(f"{'input':<16}{'':<34}{str(self.input_shape):<18}{0:>10}")
+        for layer in self.layers:
+            count = sum(p.size for p in layer.p.values())
+            rows.append(f"{layer.name:<16}{layer.describe():<34}{str(layer.out_shape):<18}{count:>10}")
+        rows.append(f"{'total':<68}{self.num_params:>10}")
+        return "\n".join(rows)
