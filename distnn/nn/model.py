@@ -69,7 +69,8 @@ class Sequential:
     The arrays returned by forward are work buffers reused by the next call: copy to keep them.
     """
 
-    def __init__(self, specs: list[dict], input_shape, seed: int = 0, dtype=np.float32):
+    def __init__(self, specs: list[dict], input_shape, seed: int = 0, dtype=np.float32,
+                 extra_grad_slots: int = 0):
         if not isinstance(specs, (list, tuple)) or not specs:
             raise SpecError(f"model: layers={specs!r}, expected a non-empty list of layer specs")
         self.specs = [dict(s) if isinstance(s, dict) else s for s in specs]
@@ -84,7 +85,7 @@ class Sequential:
         self.output_shape = shape
         self.layers[0].input_grad = False
         self._fuse_relus()
-        self._bind()
+        self._bind(extra_grad_slots)
         self.seed = seed
         rng = np.random.default_rng(seed)
         for layer in self.layers:
@@ -95,11 +96,14 @@ class Sequential:
             if isinstance(layer, ReLU) and isinstance(prev, (Conv2D, Dense)):
                 prev.fuse_relu = layer.fused = True
 
-    def _bind(self):
+    def _bind(self, extra: int):
         pslots, ptotal = _layout(self.layers, lambda layer: layer.param_shapes())
         sslots, stotal = _layout(self.layers, lambda layer: layer.state_shapes())
         self.params = np.zeros(ptotal, self.dtype)
-        self.grads = np.zeros(ptotal, self.dtype)
+        # `extra` trailing slots let a data-parallel step reduce a few scalars (loss sums,
+        # a stop flag) in the same allreduce as the gradients: grad_buffer = grads + extra.
+        self.grad_buffer = np.zeros(ptotal + extra, self.dtype)
+        self.grads = self.grad_buffer[:ptotal]
         self.state = np.zeros(stotal, self.dtype)
         self.decay_mask = np.zeros(ptotal, self.dtype)
         self._named: dict[str, np.ndarray] = {}
@@ -155,6 +159,15 @@ class Sequential:
             total += 0.5 * float(np.vdot(w, w))
             g += coef * w
         return total
+
+    def reseed(self, *key: int) -> None:
+        """Give every stochastic layer (dropout) a generator keyed by `key`, e.g. (seed, step,
+        rank): masks then depend only on where training is, so a resumed run draws the same masks
+        as an uninterrupted one without saving generator state.
+        """
+        for index, layer in enumerate(self.layers):
+            if hasattr(layer, "rng"):
+                layer.rng = np.random.default_rng([*key, index])
 
     def predict(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
         """Scores in evaluation mode (dropout off, BatchNorm running statistics), as a new array."""

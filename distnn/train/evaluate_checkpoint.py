@@ -1,0 +1,28 @@
+"""Evaluate a saved checkpoint: the model spec, config and normalisation come from the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from distnn.config import from_dict
+from distnn.train.evaluate import evaluate
+from distnn.train.run import load_on_root
+from distnn.train.setup import build_model
+
+
+def evaluate_checkpoint(path: Path, comm, dataset: str | None, split: str,
+                        data_dir: str | None) -> dict:
+    """Collective: all ranks must call. Returns {'accuracy', 'loss', 'n', 'dataset', 'split'}."""
+    from distnn.data import get_dataset
+
+    snap = load_on_root(path, None, comm)
+    cfg = from_dict(yaml.safe_load(snap.config_yaml))
+    name = dataset or cfg.data.dataset
+    data = get_dataset(name, split, data_dir or cfg.data.data_dir)
+    model = build_model(cfg, data.image_shape)
+    model.load_state_dict(snap.model)
+    result = evaluate(model, data, comm, snap.normalization, cfg.train.loss)
+    return {**result, "dataset": name, "split": split}
+

@@ -1,0 +1,144 @@
+"""`train(config, comm)`: the same SPMD entry on every worker of every backend."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from distnn.config import Config, save_config
+from distnn.train import checkpoint as ckpt
+from distnn.train.errors import CheckpointError
+from distnn.train.evaluate import evaluate
+from distnn.train.loop import Coordinator, EXIT_OK
+from distnn.train.metrics import MetricsLog
+from distnn.train.setup import (blas_threads, build_model, build_optimizer, build_schedule,
+                                load_splits)
+
+
+@dataclass
+class Parts:
+    splits: object
+    model: object
+    optimizer: object
+    schedule: object
+    normalization: tuple | None
+    sampler: object
+
+
+@dataclass
+class TrainResult:
+    exit_code: int
+    run_dir: Path
+    test: dict | None
+    model: object
+
+
+def broadcast_arrays(tree, comm):
+    """Give every rank rank 0's copy of a dict of arrays and plain values (None elsewhere).
+    Collective: all ranks must call. Arrays travel with the buffer broadcast, the rest pickled.
+    """
+    skeleton = None
+    if comm.rank == 0:
+        skeleton = {k: (("array", v.shape, v.dtype.str) if isinstance(v, np.ndarray) else v)
+                    for k, v in tree.items()}
+    skeleton = comm.bcast_obj(skeleton)
+    out = {}
+    for key, value in skeleton.items():
+        if isinstance(value, tuple) and len(value) == 3 and value[0] == "array":
+            arr = np.ascontiguousarray(tree[key]) if comm.rank == 0 else np.empty(value[1], value[2])
+            out[key] = comm.broadcast_(arr) if arr.size else arr
+        else:
+            out[key] = value
+    return out
+
+
+def load_on_root(path: Path | None, model_spec, comm) -> ckpt.Snapshot | None:
+    """Rank 0 reads and validates (against `model_spec` unless None); its copy, or its error,
+    reaches every rank. Collective: all ranks must call."""
+    snap, error = None, None
+    if comm.rank == 0 and path is not None:
+        try:
+            snap = ckpt.load_checkpoint(path)
+            if model_spec is not None:
+                ckpt.check_compatible(snap, model_spec, path)
+        except CheckpointError as exc:
+            error = str(exc)
+    error = comm.bcast_obj(error)
+    if error:
+        raise CheckpointError(error)
+    if comm.bcast_obj(path is not None and snap is not None) is False:
+        return None
+    fields = {"step": 0, "epoch": 0, "step_in_epoch": 0, "config_yaml": "", "model_spec": [],
+              "coordinator": {}}
+    meta = comm.bcast_obj({k: getattr(snap, k) for k in fields} if comm.rank == 0 else None)
+    model = broadcast_arrays(snap.model if snap else None, comm)
+    optim = broadcast_arrays(snap.optimizer if snap else None, comm)
+    norm = broadcast_arrays({"mean": snap.normalization[0], "std": snap.normalization[1]}
+                            if snap and snap.normalization else {}, comm)
+    return ckpt.Snapshot(model=model, optimizer=optim,
+                         normalization=(norm["mean"], norm["std"]) if norm else None, **meta)
+
+
+def normalization_for(cfg: Config, train, comm):
+    """Per-channel mean/std of the training split, computed once on rank 0 and broadcast."""
+    if not cfg.data.normalize:
+        return None
+    from distnn.data import compute_normalization
+
+    stats = None
+    if comm.rank == 0:
+        mean, std = compute_normalization(train)
+        stats = {"mean": np.asarray(mean, np.float32), "std": np.asarray(std, np.float32)}
+    stats = broadcast_arrays(stats, comm)
+    return stats["mean"], stats["std"]
+
+
+def build_parts(cfg: Config, comm, resume_snap) -> Parts:
+    from distnn.data import ShardSampler
+
+    splits = load_splits(cfg)
+    if resume_snap is not None:
+        norm = resume_snap.normalization
+    else:
+        norm = normalization_for(cfg, splits.train, comm)
+    model = build_model(cfg, splits.train.image_shape)
+    comm.broadcast_(model.params)  # identical replicas from the start, whatever the seeding
+    if model.state.size:
+        comm.broadcast_(model.state)
+    sampler = ShardSampler(len(splits.train), cfg.train.global_batch, comm.rank, comm.size,
+                           cfg.seed, shuffle=True, drop_last=False)
+    return Parts(splits, model, build_optimizer(cfg, model), build_schedule(cfg), norm, sampler)
+
+
+def train(cfg: Config, comm, run_dir: Path, resume: Path | None = None) -> TrainResult:
+    """Train per `cfg` on this worker. Collective: every rank of `comm` must call."""
+    run_dir = Path(run_dir)
+    with threadpool_limits(blas_threads(cfg.train.threads, comm.size)):
+        snap = load_on_root(resume, list(cfg.model), comm)
+        best = None
+        if snap is not None:
+            best_path = Path(resume).parent / "best.h5"
+            # Only rank 0's view of the file system counts: load_on_root broadcasts it.
+            best = load_on_root(best_path if best_path.exists() else None, list(cfg.model), comm)
+        parts = build_parts(cfg, comm, snap)
+        if comm.rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+        metrics = MetricsLog(run_dir / "metrics.jsonl", comm.rank == 0)
+        coord = Coordinator(cfg, comm, parts, run_dir, metrics)
+        if snap is not None:
+            coord.restore(snap, best)
+        code = coord.run()
+        test = None
+        if code == EXIT_OK:
+            t0 = time.perf_counter()
+            test = evaluate(parts.model, parts.splits.test, comm, parts.normalization,
+                            cfg.train.loss)
+            metrics.write(epoch=coord.state.epoch, step=coord.state.step, split="test",
+                          loss=test["loss"], accuracy=test["accuracy"], n=test["n"], lr=coord.lr(),
+                          images_per_s=test["n"] / max(time.perf_counter() - t0, 1e-9))
+        return TrainResult(code, run_dir, test, parts.model)
