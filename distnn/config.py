@@ -130,6 +130,16 @@ UNIT = {"optimizer.mu", "optimizer.beta1", "optimizer.beta2", "optimizer.decay_r
         "schedule.drop", "schedule.gamma", "schedule.factor", "schedule.warmup_start_factor"}
 
 
+def _yaml11_float(value):
+    """PyYAML (YAML 1.1) reads '1e-3' as a string; accept it as the number the user meant."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _check_value(key: str, value, hint):
     """Coerce/validate one leaf against its annotation and the range tables above."""
     if hint is bool:
@@ -139,6 +149,7 @@ def _check_value(key: str, value, hint):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: {value!r} is not an integer")
     elif hint is float:
+        value = _yaml11_float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: {value!r} is not a number")
         value = float(value)
