@@ -19,8 +19,4 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_main_job_command_runs_distnn_train():
-    assert commands_contain("distnn train", readme_commands()[0])
-
-
-def commands_contain(needle, command):
-    return needle in command
+    assert readme_commands()[0].endswith("distnn train")
