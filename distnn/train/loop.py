@@ -252,7 +252,8 @@ class Coordinator:
                 s = self.state
                 if code is not None or stop:
                     break
-        if self.best_params is not None:  # restore the best weights, patience or not
+        if cfg.early_stopping.enabled and self.best_params is not None:
+            # Restore the best weights whether or not patience ran out.
             self.model.params[...] = self.best_params[0]
             self.model.state[...] = self.best_params[1]
         return EXIT_OK

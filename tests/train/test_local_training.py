@@ -1,0 +1,91 @@
+"""End-to-end training in one process, through the real `distnn` command."""
+
+import json
+import os
+import signal
+
+import numpy as np
+
+from tests.train.runs import metrics, params, run, start, wait_for, write_config
+
+
+def test_train_writes_the_run_directory_and_evaluates(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", early_stopping={"enabled": True, "patience": 5})
+    rd = tmp_path / "run"
+    out = run(["train", str(cfg), "--run-dir", str(rd)])
+    assert out.returncode == 0, out.stderr
+    assert "test accuracy" in out.stdout
+    for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.h5", "checkpoints/best.h5"):
+        assert (rd / name).exists(), name
+    lines = metrics(rd)
+    for line in lines:
+        assert {"epoch", "step", "split", "loss", "accuracy", "lr", "images_per_s"} <= set(line)
+    train_lines = [m for m in lines if m["split"] == "train"]
+    assert len(train_lines) == 2 and train_lines[1]["step"] == 2 * 9500 // 32 + 2
+    assert 1e-5 < train_lines[-1]["update_ratio"] < 1e-1 and train_lines[-1]["grad_norm"] > 0
+    test_line = lines[-1]
+    assert test_line["split"] == "test" and test_line["accuracy"] > 0.8
+    ev = run(["evaluate", str(rd / "checkpoints/best.h5"), "--json"])
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads(ev.stdout)
+    assert result["n"] == test_line["n"] and abs(result["accuracy"] - test_line["accuracy"]) < 1e-9
+
+
+def test_existing_run_needs_resume_flag(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", train={"epochs": 1, "max_steps": 3})
+    rd = tmp_path / "run"
+    assert run(["train", str(cfg), "--run-dir", str(rd)]).returncode == 0
+    again = run(["train", str(cfg), "--run-dir", str(rd)])
+    assert again.returncode == 2 and "--resume auto" in again.stderr
+
+
+def test_resume_by_signal_equals_uninterrupted(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", train={"epochs": 3, "global_batch": 16})
+    straight = tmp_path / "straight"
+    assert run(["train", str(cfg), "--run-dir", str(straight)]).returncode == 0
+    rd = tmp_path / "stopped"
+    proc = start(["train", str(cfg), "--run-dir", str(rd)])
+    wait_for(lambda: (rd / "metrics.jsonl").exists(), 120, "the first epoch to finish")
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    stopped_at = metrics(rd)
+    resumed = run(["train", str(cfg), "--run-dir", str(rd), "--resume", "auto"])
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = params(straight / "checkpoints/last.h5"), params(rd / "checkpoints/last.h5")
+    assert all(np.array_equal(a[k], b[k]) for k in a), "resumed run differs from uninterrupted"
+    assert len(stopped_at) >= 2  # the stop happened after the first epoch's lines
+
+
+def test_divergence_guard_fires_on_huge_learning_rate(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", schedule={"base_lr": 50.0})
+    out = run(["train", str(cfg), "--run-dir", str(tmp_path / "run")])
+    assert out.returncode == 3
+    assert "diverged" in out.stderr and "lower the learning rate" in out.stderr
+
+
+def test_early_stopping_restores_best(tmp_path):
+    # Monitoring val_loss with min_delta so large that no epoch after the first counts as better.
+    cfg = write_config(tmp_path / "c.yaml", train={"epochs": 6},
+                       early_stopping={"enabled": True, "patience": 1, "min_delta": 100.0})
+    rd = tmp_path / "run"
+    out = run(["train", str(cfg), "--run-dir", str(rd)])
+    assert out.returncode == 0, out.stderr
+    vals = [m for m in metrics(rd) if m["split"] == "val"]
+    assert len(vals) == 3  # epoch 0 best, epochs 1-2 not better, patience 1 exhausted
+    best = params(rd / "checkpoints/best.h5")
+    last = params(rd / "checkpoints/last.h5")
+    assert not all(np.array_equal(best[k], last[k]) for k in best)
+    test_line = metrics(rd)[-1]
+    ev = json.loads(run(["evaluate", str(rd / "checkpoints/best.h5"), "--json"]).stdout)
+    assert abs(ev["loss"] - test_line["loss"]) < 1e-9  # the final model is the best one
+
+
+def test_bad_config_and_bad_checkpoint(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml")
+    out = run(["train", str(cfg), "--set", "train.epochs=-1"])
+    assert out.returncode == 2 and "train.epochs: -1 must be > 0" in out.stderr
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + os.urandom(100))
+    out = run(["train", str(cfg), "--run-dir", str(tmp_path / "r"), "--resume", str(bad)])
+    assert out.returncode == 2 and "bad.h5" in out.stderr
