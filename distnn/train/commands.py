@@ -74,7 +74,7 @@ def resolve_run(args, cfg, comm) -> tuple[Path, Path | None]:
 
 
 def cmd_train(args) -> int:
-    from distnn.comm import create_communicator, detect_backend
+    from distnn.comm import create_communicator, detect_backend, install_excepthook
     from distnn.config import ConfigError, load_config
     from distnn.data.errors import DataError
     from distnn.train.errors import CheckpointError, TrainingDiverged
@@ -89,6 +89,8 @@ def cmd_train(args) -> int:
     backend = args.backend or cfg.comm.backend
     backend = detect_backend() if backend == "auto" else backend
     comm = create_communicator(backend, timeout=cfg.comm.timeout or None)
+    if comm.size > 1:
+        install_excepthook(comm)  # an exception on one rank ends the job, no rank left waiting
     try:
         run_dir, resume = resolve_run(args, cfg, comm)
         result = train(cfg, comm, run_dir, resume)
