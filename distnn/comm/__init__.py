@@ -1,0 +1,74 @@
+"""Communication between data-parallel workers: the Communicator interface and its backends.
+
+    comm = create_communicator(detect_backend(), timeout=300)
+    install_excepthook(comm)          # an exception on one rank ends the whole job
+    comm.allreduce_(grads)            # in place, over one flat buffer
+
+Backends are imported only when chosen, so `import distnn.comm` never imports mpi4py or ray.
+"""
+
+from __future__ import annotations
+
+import os
+
+from distnn.comm.base import OPS, Communicator
+from distnn.comm.failfast import install_excepthook
+
+# Valid names for create_communicator. The Ray backend plugs in here: add "ray" to BACKENDS and
+# a branch in _load that imports distnn.comm.ray (raising the install hint if ray is missing)
+# once distnn/comm/ray.py exists and passes tests/comm/contract.py.
+BACKENDS = ("local", "mpi")
+
+_INSTALL_HINT = {"mpi": "pip install 'distnn[mpi]'  (mpi4py + the mpich wheel)"}
+
+# Launchers export the world size to every rank: MPICH/Intel MPI/srun --mpi=pmi2 (PMI_SIZE),
+# Open MPI (OMPI_COMM_WORLD_SIZE), MVAPICH (MV2_COMM_WORLD_SIZE).
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def create_communicator(name: str, **opts) -> Communicator:
+    """The communicator of backend `name` ("local" or "mpi"), built with `opts`.
+
+    Options: timeout (seconds a collective may wait before the job aborts; None = forever).
+    Unknown name -> ValueError listing the valid ones; missing optional package -> ImportError
+    with the install command. Not collective, but under MPI every rank must create it.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"unknown communicator backend {name!r}; valid: {', '.join(BACKENDS)}")
+    return _load(name)(**opts)
+
+
+def _load(name: str) -> type[Communicator]:
+    """Import the backend module on first use (house rule 4: one file per backend)."""
+    if name == "local":
+        from distnn.comm.local import LocalCommunicator
+
+        return LocalCommunicator
+    try:
+        from distnn.comm.mpi import MPICommunicator
+    except ImportError as exc:
+        if not (exc.name or "").startswith("mpi4py"):
+            raise
+        raise ImportError(f"the 'mpi' communicator needs mpi4py, which is not installed: "
+                          f"{_INSTALL_HINT['mpi']}") from exc
+    return MPICommunicator
+
+
+def detect_backend() -> str:
+    """"mpi" if this process was started by an MPI launcher with more than one rank, else
+    "local". Reads only environment variables: it never imports mpi4py."""
+    for var in _SIZE_VARS:
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return "mpi" if int(value) > 1 else "local"
+    # PMIx launchers (Open MPI prterun, srun --mpi=pmix) export the rank but not always the
+    # size; Slurm's step task count fills in, and any rank > 0 implies more than one.
+    if os.environ.get("PMIX_RANK", "").isdigit():
+        tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "")
+        if int(os.environ["PMIX_RANK"]) > 0 or (tasks.isdigit() and int(tasks) > 1):
+            return "mpi"
+    return "local"
+
+
+__all__ = ["BACKENDS", "OPS", "Communicator", "create_communicator", "detect_backend",
+           "install_excepthook"]

@@ -1,0 +1,191 @@
+"""The Communicator interface: the few collectives a data-parallel SPMD loop needs.
+
+Every backend (local, mpi, later ray) subclasses `Communicator` and implements only the protected
+buffer operations `_allreduce`, `_broadcast`, `_barrier` plus `rank`, `size`, `abort`. The public
+methods here check their input first, identically for every backend, so a program that runs with
+the local communicator does not meet a new error under mpiexec. The object collectives are built
+on the buffer ones, so a backend's timeout and fail-fast behaviour cover them too.
+"""
+
+from __future__ import annotations
+
+import abc
+import numbers
+import pickle
+from typing import NoReturn
+
+import numpy as np
+
+OPS = ("sum", "max", "min")
+
+# Array kinds a reduction accepts (signed/unsigned int, float) and a broadcast accepts (plus bool
+# and complex): sum/max/min over bools or complex numbers is not a well-defined MPI operation.
+_REDUCE_KINDS = "iuf"
+_BCAST_KINDS = "biufc"
+
+
+class Communicator(abc.ABC):
+    """A group of `size` ranks running the same program (SPMD); this object is rank `rank`.
+
+    Collectives must be called by every rank, in the same order, with the same shapes, dtypes,
+    ops and roots. A rank that skips one leaves the others waiting (or, with a timeout, aborts).
+    """
+
+    name: str = "abstract"
+
+    @property
+    @abc.abstractmethod
+    def rank(self) -> int:
+        """This process's index, 0 <= rank < size."""
+
+    @property
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Number of ranks in the job."""
+
+    @abc.abstractmethod
+    def _allreduce(self, buf: np.ndarray, op: str) -> None:
+        """Reduce `buf` in place across ranks; input already checked."""
+
+    @abc.abstractmethod
+    def _broadcast(self, buf: np.ndarray, root: int) -> None:
+        """Overwrite `buf` with root's copy; input already checked."""
+
+    @abc.abstractmethod
+    def _barrier(self) -> None:
+        """Block until every rank has entered the barrier."""
+
+    @abc.abstractmethod
+    def abort(self, message: str, code: int = 1) -> NoReturn:
+        """Print `message` naming this rank to stderr and end the whole job (every rank) with exit
+        status `code`. Not collective: one rank calling it is enough. Never returns."""
+
+    def allreduce_(self, buf: np.ndarray, op: str = "sum") -> np.ndarray:
+        """Replace `buf` on every rank by the elementwise `op` ("sum", "max", "min") over ranks.
+
+        Collective: all ranks must call.
+        buf: ndarray of any shape, contiguous, writeable, integer or float dtype in native byte
+        order; the same shape and dtype on every rank. Returns `buf` itself (reduced in place).
+        """
+        check_op(op)
+        check_array(buf, "allreduce_", _REDUCE_KINDS)
+        self._allreduce(buf, op)
+        return buf
+
+    def broadcast_(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
+        """Overwrite `buf` on every rank with the contents of rank `root`'s `buf`.
+
+        Collective: all ranks must call.
+        buf: ndarray of any shape, contiguous, writeable, bool/int/float/complex dtype in native
+        byte order; the same shape and dtype on every rank. Returns `buf` itself. The root may
+        return before the others have received (MPI allows it for small messages).
+        """
+        self._check_root(root, "broadcast_")
+        check_array(buf, "broadcast_", _BCAST_KINDS)
+        self._broadcast(buf, root)
+        return buf
+
+    def barrier(self) -> None:
+        """Return only once every rank has called barrier().
+
+        Collective: all ranks must call.
+        """
+        self._barrier()
+
+    def allreduce_obj(self, obj, op: str = "sum"):
+        """Reduce a small Python number, or a flat tuple/list of numbers, elementwise over ranks.
+
+        Collective: all ranks must call, with the same container type and length.
+        Supported: int, float, bool (counted as int: sum of flags = how many ranks set it,
+        max = any, min = all) and NumPy scalars of those kinds. If every element is integral the
+        reduction is exact in int64 and returns ints; otherwise it runs in float64 and returns
+        floats. Returns a new object of the same container type (scalar, tuple or list).
+        """
+        check_op(op)
+        arr, rebuild = pack_numbers(obj)
+        self._allreduce(arr, op)
+        return rebuild(arr)
+
+    def bcast_obj(self, obj, root: int = 0):
+        """Return rank `root`'s `obj` on every rank (other ranks' `obj` is ignored, e.g. None).
+
+        Collective: all ranks must call.
+        obj: any picklable object; meant for small ones (configs, decisions, metadata). Arrays
+        belong in broadcast_. The root gets its own object back, the others an unpickled copy;
+        the root may return before the others have received.
+        """
+        self._check_root(root, "bcast_obj")
+        # Two buffer broadcasts (length, then bytes) instead of a backend's pickling bcast, so
+        # the backend's timeout covers this path too.
+        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) if self.rank == root else b""
+        length = np.array([len(payload)], dtype=np.int64)
+        self._broadcast(length, root)
+        data = np.frombuffer(payload, dtype=np.uint8).copy() if self.rank == root else (
+            np.empty(int(length[0]), dtype=np.uint8))
+        if data.size:
+            self._broadcast(data, root)
+        return obj if self.rank == root else pickle.loads(data.tobytes())
+
+    def _check_root(self, root, what: str) -> None:
+        if isinstance(root, bool) or not isinstance(root, numbers.Integral) or not (
+                0 <= root < self.size):
+            raise ValueError(f"{what}: root must be an int rank in [0, {self.size}), got {root!r}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r} rank={self.rank} size={self.size}>"
+
+
+def check_op(op) -> None:
+    """Raise ValueError unless `op` is one of OPS."""
+    if op not in OPS:
+        raise ValueError(f"unknown reduction op {op!r}; valid ops: {', '.join(OPS)}")
+
+
+def check_array(buf, what: str, kinds: str) -> None:
+    """Raise TypeError/ValueError, naming the bad property, unless `buf` can be sent in place."""
+    if not isinstance(buf, np.ndarray):
+        raise TypeError(f"{what}: buf must be a numpy.ndarray, got {type(buf).__name__}")
+    if buf.dtype.kind not in kinds or not buf.dtype.isnative:
+        raise TypeError(f"{what}: unsupported dtype {buf.dtype.str!r} (kind {buf.dtype.kind!r}); "
+                        f"need a native-byte-order dtype of kind {' / '.join(kinds)}")
+    # One block of memory is what an MPI buffer is: a strided view would be silently misread.
+    if not (buf.flags.c_contiguous or buf.flags.f_contiguous):
+        raise ValueError(f"{what}: buf is not contiguous (shape {buf.shape}, strides "
+                         f"{buf.strides}); reduce a np.ascontiguousarray copy and copy it back")
+    if not buf.flags.writeable:
+        raise ValueError(f"{what}: buf is read-only (shape {buf.shape}); the result is written "
+                         "into it in place, pass a writeable array")
+
+
+def pack_numbers(obj):
+    """Turn a number or flat tuple/list of numbers into (array, rebuild) for a buffer reduction.
+
+    The array is int64 if every element is integral (bools count), else float64; `rebuild(arr)`
+    gives back the same container type holding Python ints or floats.
+    """
+    items = obj if isinstance(obj, (tuple, list)) else (obj,)
+    bad = [x for x in items if not isinstance(x, (numbers.Real, np.bool_))]
+    if bad or not items:
+        raise TypeError(f"allreduce_obj supports a number or a non-empty flat tuple/list of "
+                        f"numbers (int, float, bool); got {obj!r}")
+    integral = all(isinstance(x, (numbers.Integral, np.bool_)) for x in items)
+    dtype, convert = (np.int64, int) if integral else (np.float64, float)
+    arr = np.array([convert(x) for x in items], dtype=dtype)
+
+    def rebuild(out: np.ndarray):
+        values = [convert(v) for v in out.tolist()]
+        if isinstance(obj, tuple):
+            return tuple(values)
+        return values if isinstance(obj, list) else values[0]
+
+    return arr, rebuild
+
+
+def check_timeout(timeout) -> float | None:
+    """Validate a collective timeout in seconds: None (wait forever) or a positive number."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None (no timeout), "
+                         f"got {timeout!r}")
+    return float(timeout)
