@@ -9,6 +9,8 @@ Exit codes: 0 finished (including early stopping), 2 bad input, 3 diverged,
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -91,6 +93,9 @@ def cmd_train(args) -> int:
     comm = create_communicator(backend, timeout=cfg.comm.timeout or None)
     if comm.size > 1:
         install_excepthook(comm)  # an exception on one rank ends the job, no rank left waiting
+        # When a rank is killed, mpiexec names only its pid: this line maps pids to ranks.
+        print(f"distnn: rank {comm.rank} of {comm.size} is pid {os.getpid()} on "
+              f"{socket.gethostname()}", file=sys.stderr, flush=True)
     try:
         run_dir, resume = resolve_run(args, cfg, comm)
         result = train(cfg, comm, run_dir, resume)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -26,9 +27,23 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as fh:
                 fh.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+            print(summary_line(record), flush=True)
 
 
 def progress(total: int, initial: int, epoch: int, enabled: bool):
-    """A tqdm bar for one epoch on rank 0 (a disabled bar elsewhere)."""
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch}", disable=not enabled,
+    """A tqdm bar for one epoch on rank 0 when stderr is a terminal (disabled elsewhere: batch
+    logs get one summary line per epoch instead)."""
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch}",
+                disable=not (enabled and sys.stderr.isatty()),
                 leave=False, dynamic_ncols=True, unit="step")
+
+
+def summary_line(record: dict) -> str:
+    """One human-readable line per logged record, for rank 0's stdout."""
+    parts = [f"epoch {record['epoch']}", f"step {record['step']}", f"{record['split']:<5}",
+             f"loss {record['loss']:.4f}", f"acc {record['accuracy']:.4f}"]
+    if "lr" in record:
+        parts.append(f"lr {record['lr']:.3g}")
+    if "images_per_s" in record:
+        parts.append(f"{record['images_per_s']:.0f} img/s")
+    return "  ".join(parts)
