@@ -94,8 +94,9 @@ def cmd_train(args) -> int:
     if comm.size > 1:
         install_excepthook(comm)  # an exception on one rank ends the job, no rank left waiting
         # When a rank is killed, mpiexec names only its pid: this line maps pids to ranks.
-        print(f"distnn: rank {comm.rank} of {comm.size} is pid {os.getpid()} on "
-              f"{socket.gethostname()}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"distnn: rank {comm.rank} of {comm.size} is pid {os.getpid()} on "
+                         f"{socket.gethostname()}\n")  # one write: lines of ranks don't mix
+        sys.stderr.flush()
     try:
         run_dir, resume = resolve_run(args, cfg, comm)
         result = train(cfg, comm, run_dir, resume)
