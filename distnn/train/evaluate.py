@@ -13,14 +13,14 @@ def evaluate(model, dataset, comm, normalization, loss: str = "softmax", batch: 
     Each rank scores its own share (data.eval_indices); sums of loss, correct and count are
     allreduced, never means of means.
     """
-    from distnn.data import eval_indices
+    from distnn.data import eval_indices, to_float
 
     indices = eval_indices(len(dataset), comm.rank, comm.size)
     fn = LOSSES[loss]
     sums = np.zeros(3, dtype=np.float64)
     for start in range(0, len(indices), batch):
         idx = indices[start:start + batch]
-        x = prepare(dataset.read(idx), normalization, model.dtype)
+        x = to_float(dataset.read(idx), normalization)
         y = dataset.labels[idx]
         scores = model.forward(x, training=False)
         value, _ = fn(scores, y, denom=1)
@@ -29,12 +29,3 @@ def evaluate(model, dataset, comm, normalization, loss: str = "softmax", batch: 
     n = int(sums[2])
     return {"loss": sums[0] / max(n, 1), "accuracy": sums[1] / max(n, 1), "n": n}
 
-
-def prepare(images: np.ndarray, normalization, dtype) -> np.ndarray:
-    """uint8 (n, H, W, C) -> float (n, H, W, C) in [0, 1], normalised per channel if given."""
-    x = images.astype(dtype) / dtype.type(255.0)
-    if normalization is not None:
-        mean, std = normalization
-        x -= mean.astype(dtype)
-        x /= std.astype(dtype)
-    return x
