@@ -143,6 +143,9 @@ class Coordinator:
             return EXIT_RESUMABLE
         if t.max_steps and s.step >= t.max_steps:
             return EXIT_OK
+        if t.eval_every_steps and s.step % t.eval_every_steps == 0 \
+                and s.step_in_epoch < self.sampler.steps_per_epoch:
+            self.validate(lr)  # logged only: early stopping and plateau decide per epoch
         every = self.cfg.checkpoint.every_steps
         if every and s.step % every == 0 and s.step_in_epoch < self.sampler.steps_per_epoch:
             self.save("last")
@@ -163,6 +166,16 @@ class Coordinator:
             self.comm.allreduce_(self.model.state)
             self.model.state /= self.comm.size
 
+    def validate(self, lr: float) -> dict:
+        """Score the validation split and log it. Collective: all ranks must call."""
+        s, t0 = self.state, time.perf_counter()
+        val = evaluate(self.model, self.splits.val, self.comm, self.normalization,
+                       self.cfg.train.loss)
+        self.metrics.write(epoch=s.epoch, step=s.step, split="val", loss=val["loss"],
+                           accuracy=val["accuracy"], lr=lr, n=val["n"],
+                           images_per_s=val["n"] / max(time.perf_counter() - t0, 1e-9))
+        return val
+
     def end_epoch(self) -> bool:
         """Log, validate, update early stopping / plateau / best-k, checkpoint. True: stop."""
         s, cfg = self.state, self.cfg
@@ -173,11 +186,7 @@ class Coordinator:
                            accuracy=s.epoch_correct / max(s.epoch_count, 1), lr=lr,
                            images_per_s=s.epoch_count / max(s.epoch_seconds, 1e-9),
                            grad_norm=self.last_grad_norm, update_ratio=self.last_update_ratio)
-        t0 = time.perf_counter()
-        val = evaluate(self.model, self.splits.val, self.comm, self.normalization, cfg.train.loss)
-        self.metrics.write(epoch=s.epoch, step=s.step, split="val", loss=val["loss"],
-                           accuracy=val["accuracy"], lr=lr, n=val["n"],
-                           images_per_s=val["n"] / max(time.perf_counter() - t0, 1e-9))
+        val = self.validate(lr)
         value = val["loss"] if cfg.early_stopping.monitor == "val_loss" else val["accuracy"]
         if hasattr(self.schedule, "update"):
             self.schedule.update(value)
@@ -222,7 +231,7 @@ class Coordinator:
         ckpt.save_checkpoint(snap, folder / f"{kind}.h5")
 
     def rotate_best(self, folder: Path) -> None:
-        """best.h5 is the best; best-2.h5 .. best-k.h5 the runners-up (k = keep_best)."""
+        """best.h5 is the newest best; best-2.h5 .. best-k.h5 the k-1 bests before it."""
         k = self.cfg.checkpoint.keep_best
         for i in range(k - 1, 0, -1):
             src = folder / ("best.h5" if i == 1 else f"best-{i}.h5")
