@@ -52,6 +52,9 @@ def main(fault: str) -> int:
         raise RuntimeError("injected failure on rank 1")
     if comm.rank == 1 and fault == "raise-thread":
         threading.Thread(target=fail, name="prefetch", daemon=True).start()
+        # The main thread is busy (as in a training step) while the thread fails: without
+        # this, both ranks could finish the collective and exit 0 before the abort lands.
+        time.sleep(10)
     if comm.rank == 1 and fault == "abort":
         comm.abort("stopping on purpose", code=3)
     if comm.rank == 1 and fault.startswith("sigkill"):
