@@ -22,7 +22,8 @@ class ReLU(Layer):
 
     def __init__(self, name=None):
         super().__init__(name)
-        self.fused = False
+        self.fused = False  # the layer before applied max(0, .) in its forward pass
+        self.fused_backward = False  # ... and applies the mask in its backward pass too
 
     def forward(self, x, training):
         self.check_input(x)
@@ -31,6 +32,8 @@ class ReLU(Layer):
         return out
 
     def backward(self, dout):
+        if self.fused and self.fused_backward:
+            return dout  # the conv before us applies the mask with its bias gradient
         # In place: the layer after us is done with dout.
         kernels.relu_backward_(dout.reshape(-1), self._out.reshape(-1))
         return dout

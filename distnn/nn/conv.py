@@ -72,8 +72,11 @@ class Conv2D(Layer):
         m = n * self.ho * self.wo
         dout2d = dout.reshape(m, f)
         cols = self._cols
+        # The fused ReLU's mask and the bias gradient in one pass (the ReLU layer then passes
+        # dout through untouched).
+        out2d = self._scratch["out"].reshape(m, f)
+        kernels.relu_mask_bias_grad_(dout2d, out2d, self.g["b"], self.fuse_relu)
         np.matmul(cols.T, dout2d, out=self.g["W"].reshape(self.k2, f))
-        np.sum(dout2d, axis=0, out=self.g["b"])
         if not self.input_grad:
             return None
         # cols is no longer needed: reuse it for d(cols) instead of allocating.

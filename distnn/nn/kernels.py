@@ -71,6 +71,21 @@ def bias_relu_(out2d, b, relu):
 
 
 @nb.njit(**_JIT)
+def relu_mask_bias_grad_(dout2d, out2d, db, relu):
+    """One pass over dout2d (M, F): zero it where the fused ReLU output out2d <= 0 (if `relu`),
+    and write the bias gradient db (F,) = column sums of the result."""
+    m, f = dout2d.shape
+    db[:] = 0.0
+    for r in range(m):
+        for k in range(f):
+            g = dout2d[r, k]
+            if relu and out2d[r, k] <= 0.0:
+                g = 0.0
+                dout2d[r, k] = g
+            db[k] += g
+
+
+@nb.njit(**_JIT)
 def relu_backward_(dout, out):
     """In place on flat arrays: dout[i] = 0 where out[i] <= 0 (out is the ReLU output)."""
     for i in range(dout.size):
@@ -80,37 +95,56 @@ def relu_backward_(dout, out):
 
 @nb.njit(**_JIT)
 def maxpool_forward(x, out, arg, size, stride):
-    """x: (N, H, W, C) -> out: (N, Ho, Wo, C); arg (N, Ho, Wo, C) int32 holds the window offset."""
+    """x: (N, H, W, C) -> out: (N, Ho, Wo, C); arg (N, Ho, Wo, C) int32 holds the window offset.
+
+    Channels are the innermost loop: contiguous in NHWC, so the compiler vectorises it.
+    """
     n_, ho, wo, c = out.shape
     for n in range(n_):
         for i in range(ho):
             for j in range(wo):
+                o = out[n, i, j]
+                a = arg[n, i, j]
+                first = x[n, i * stride, j * stride]
                 for ch in range(c):
-                    best = x[n, i * stride, j * stride, ch]
-                    besti = 0
-                    for p in range(size):
-                        for q in range(size):
-                            v = x[n, i * stride + p, j * stride + q, ch]
-                            if v > best:
-                                best = v
-                                besti = p * size + q
-                    out[n, i, j, ch] = best
-                    arg[n, i, j, ch] = besti
+                    o[ch] = first[ch]
+                    a[ch] = 0
+                for p in range(size):
+                    for q in range(size):
+                        if p == 0 and q == 0:
+                            continue
+                        row = x[n, i * stride + p, j * stride + q]
+                        k = p * size + q
+                        for ch in range(c):
+                            v = row[ch]
+                            if v > o[ch]:
+                                o[ch] = v
+                                a[ch] = k
 
 
 @nb.njit(**_JIT)
 def maxpool_backward(dout, arg, dx, size, stride):
     """Route dout (N, Ho, Wo, C) to the argmax of each window in dx (N, H, W, C) (zeroed here)."""
     n_, ho, wo, c = dout.shape
-    dx[:] = 0.0
+    tiled = stride == size  # windows tile the input exactly: each dx element written once
+    if not tiled:
+        dx[:] = 0.0
     for n in range(n_):
         for i in range(ho):
             for j in range(wo):
-                for ch in range(c):
-                    a = arg[n, i, j, ch]
-                    p = a // size
-                    q = a - p * size
-                    dx[n, i * stride + p, j * stride + q, ch] += dout[n, i, j, ch]
+                g = dout[n, i, j]
+                a = arg[n, i, j]
+                for p in range(size):
+                    for q in range(size):
+                        row = dx[n, i * stride + p, j * stride + q]
+                        k = p * size + q
+                        if tiled:
+                            for ch in range(c):
+                                row[ch] = g[ch] if a[ch] == k else 0.0
+                        else:
+                            for ch in range(c):
+                                if a[ch] == k:
+                                    row[ch] += g[ch]
 
 
 @nb.njit(**_JIT)

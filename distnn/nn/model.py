@@ -95,6 +95,7 @@ class Sequential:
         for prev, layer in zip(self.layers, self.layers[1:]):
             if isinstance(layer, ReLU) and isinstance(prev, (Conv2D, Dense)):
                 prev.fuse_relu = layer.fused = True
+                layer.fused_backward = isinstance(prev, Conv2D)
 
     def _bind(self, extra: int):
         pslots, ptotal = _layout(self.layers, lambda layer: layer.param_shapes())
