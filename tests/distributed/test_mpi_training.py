@@ -99,3 +99,28 @@ def test_sigkill_of_one_rank_ends_the_job(tmp_path):
     killed = re.search(r"PID (\d+) RUNNING AT", out)
     assert killed and "signal 9" in out, out
     assert re.search(rf"distnn: rank 1 of 2 is pid {killed.group(1)}\b", out), out
+
+
+def test_replica_mismatch_is_detected_on_every_rank(tmp_path):
+    script = tmp_path / "mismatch.py"
+    script.write_text(
+        "from distnn.comm import create_communicator\n"
+        "from distnn.nn import Sequential\n"
+        "from distnn.train.errors import ReplicaMismatch\n"
+        "from distnn.train.step import check_replicas\n"
+        "comm = create_communicator('mpi', timeout=20)\n"
+        "model = Sequential([{'type': 'dense', 'units': 3}], (4,), seed=0)\n"
+        "check_replicas(model, comm, step=1)\n"
+        "if comm.rank == 1:\n"
+        "    model.params[0] += 1e-7  # one rank drifts by a single rounding step\n"
+        "try:\n"
+        "    check_replicas(model, comm, step=2)\n"
+        "except ReplicaMismatch as exc:\n"
+        "    print(f'rank {comm.rank} caught: {exc}', flush=True)\n"
+    )
+    import sys
+
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("caught: step 2: model replicas differ") == 2, proc.stdout
