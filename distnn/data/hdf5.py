@@ -9,7 +9,7 @@ Layout (no compression):
 Chunking: a random batch touches ~one chunk per sample, and HDF5 reads whole chunks, so a
 chunk should hold few samples; but one-sample chunks make a large chunk index and slow
 contiguous (evaluation) reads. k = the whole images in CHUNK_BYTES = 16 KiB (20 MNIST or 5
-CIFAR images). Measured with tests/data/bench_hdf5.py (warm page cache): 128 random samples
+CIFAR images). Measured with benchmarks/hdf5_read.py (warm page cache): 128 random samples
 ~1.1-1.4 ms for chunks of 1-64 KiB (1.8-2.3 ms at 256 KiB); 256 contiguous samples 0.5 ms with
 one-image chunks, 0.1-0.25 ms at 16 KiB.
 """
@@ -122,7 +122,7 @@ class H5Dataset(Dataset):
 
         One plain slice read per run of consecutive indices, in increasing order: measured
         8-25x faster than an h5py point (fancy) selection of the same 128 random indices, which
-        builds a slow hyperslab union (tests/data/bench_hdf5.py).
+        builds a slow hyperslab union (benchmarks/hdf5_read.py).
         """
         idx = self.check_indices(indices)
         out = np.empty((idx.size,) + self.image_shape, dtype=np.uint8)

@@ -66,7 +66,7 @@ def test_read_cost_of_a_random_batch_of_128(tmp_path):
             t0 = time.perf_counter()
             lazy.read(idx)
             times.append(time.perf_counter() - t0)
-    # ~1 ms measured (tests/data/bench_hdf5.py); a loose bound for a busy shared machine.
+    # ~1 ms measured (benchmarks/hdf5_read.py); a loose bound for a busy shared machine.
     assert np.median(times) < 0.05
 
 

@@ -1,11 +1,11 @@
 """Input preparation must stay a small fraction of a training step (issue: < 5 % of a
-cifar-net step at batch 128). Figures: .venv/bin/python -m tests.data.bench_input"""
+cifar-net step at batch 128). Figures: .venv/bin/python -m benchmarks.input_prep"""
 
 from __future__ import annotations
 
 import pytest
 
-from .bench_input import cifar_like, cifar_net, prep_seconds, train_with_prefetch
+from benchmarks.input_prep import cifar_like, cifar_net, prep_seconds, train_with_prefetch
 
 
 def test_preparing_a_cifar_batch_of_128_takes_milliseconds():

@@ -1,6 +1,6 @@
 """Input preparation cost against a cifar-net training step at batch 128.
 
-Run: .venv/bin/python -m tests.data.bench_input [--steps 8] [--threads 1]
+Run: .venv/bin/python -m benchmarks.input_prep [--steps 8] [--threads 1]
 
 CIFAR-shaped data (50000 x 32x32x3 uint8, random: the real archive is not available offline),
 in memory and in the distnn HDF5 format; each batch is read, random-crop+flip augmented and
@@ -43,12 +43,10 @@ def prep_seconds(dataset, batches: int = 20) -> float:
 
 
 def cifar_net():
-    import yaml
-
+    from distnn.config import load_config
     from distnn.nn import Sequential
 
-    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "distnn" / "configs" /
-                           "cifar10.yaml").read_text())["model"]
+    spec = list(load_config("cifar10").model)
     return Sequential(spec, (32, 32, 3), seed=0, dtype=np.float32)
 
 

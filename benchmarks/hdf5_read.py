@@ -1,6 +1,6 @@
 """Read cost of a random batch from the distnn HDF5 format, for several chunk sizes.
 
-Run: .venv/bin/python -m tests.data.bench_hdf5 [--batch 128] [--repeats 50]
+Run: .venv/bin/python -m benchmarks.hdf5_read [--batch 128] [--repeats 50]
 Writes MNIST-shaped (60000x28x28x1) and CIFAR-shaped (50000x32x32x3) random files to a temp
 folder and prints, per chunk size, the median time to read `batch` random indices.
 """
