@@ -62,6 +62,7 @@ class Coordinator:
         self.step_fn = DataParallelStep(self.model, self.optimizer, comm, t.loss, t.l2, t.grad_accum)
         self.is_root = comm.rank == 0
         self.last_update_ratio = self.last_grad_norm = float("nan")
+        self._before = np.empty_like(self.model.params)  # for the update ratio, reused
 
     # -- schedule -------------------------------------------------------------------------------
     def lr(self) -> float:
@@ -96,10 +97,11 @@ class Coordinator:
                 s.epoch_seconds += now - tick
                 tick = now
                 bar.update(1)
-                bar.set_postfix(loss=f"{s.epoch_loss / max(s.step_in_epoch, 1):.4f}",
-                                acc=f"{s.epoch_correct / max(s.epoch_count, 1):.3f}",
-                                lr=f"{self.lr():.3g}",
-                                img_s=f"{s.epoch_count / max(s.epoch_seconds, 1e-9):.0f}")
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{s.epoch_loss / max(s.step_in_epoch, 1):.4f}",
+                                    acc=f"{s.epoch_correct / max(s.epoch_count, 1):.3f}",
+                                    lr=f"{self.lr():.3g}",
+                                    img_s=f"{s.epoch_count / max(s.epoch_seconds, 1e-9):.0f}")
                 if code is not None:
                     return code
         finally:
@@ -118,11 +120,12 @@ class Coordinator:
         s, t = self.state, self.cfg.train
         self.model.reseed(self.cfg.seed, s.step, self.comm.rank)
         want_ratio = s.step % 50 == 0
-        before = self.model.params.copy() if want_ratio else None
+        if want_ratio:
+            np.copyto(self._before, self.model.params)
         lr = self.lr()
         res = self.step_fn(x, y, self.global_count(s.step_in_epoch), lr, flag.raised)
         if want_ratio:
-            self.record_ratio(before)
+            self.record_ratio(self._before)
         if s.initial_loss is None:
             s.initial_loss = res.loss
         if not math.isfinite(res.loss) or res.loss > t.divergence_factor * s.initial_loss:

@@ -40,10 +40,11 @@ class DataParallelStep:
         if n == 0:
             model.grads[...] = 0.0
             return 0.0, 0
-        chunks = np.array_split(np.arange(n), min(self.grad_accum, n))
+        parts = min(self.grad_accum, n)
         loss_sum, correct = 0.0, 0
-        for i, idx in enumerate(chunks):
-            sl = slice(int(idx[0]), int(idx[-1]) + 1)
+        for i in range(parts):  # micro-batches as even as possible, the first ones one longer
+            sl = slice(i * (n // parts) + min(i, n % parts),
+                       (i + 1) * (n // parts) + min(i + 1, n % parts))
             value, scores = model.forward_backward(x[sl], y[sl], self.loss, self.l2, global_count)
             loss_sum += value
             correct += int(np.count_nonzero(scores.argmax(axis=1) == y[sl]))
