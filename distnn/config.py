@@ -119,9 +119,10 @@ CHOICES = {
     "comm.backend": ("auto", "local", "mpi"),
 }
 POSITIVE = {"train.epochs", "train.global_batch", "train.grad_accum", "schedule.reference_batch",
-            "checkpoint.keep_best", "schedule.base_lr", "train.divergence_factor"}
+            "checkpoint.keep_best", "schedule.base_lr", "train.divergence_factor",
+            "optimizer.eps", "schedule.drop", "schedule.gamma", "schedule.factor"}
 NON_NEGATIVE = {"seed", "data.val_size", "train.l2", "train.max_steps", "train.eval_every_steps",
-                "train.consistency_every", "train.threads", "optimizer.eps", "optimizer.weight_decay",
+                "train.consistency_every", "train.threads", "optimizer.weight_decay",
                 "schedule.every", "schedule.k", "schedule.total_epochs", "schedule.min_lr",
                 "schedule.warmup_epochs", "schedule.patience", "schedule.cooldown",
                 "early_stopping.patience", "early_stopping.min_delta",

@@ -1,125 +1,189 @@
-"""Update rules over flat parameter/gradient buffers, in place and allocation-free per step.
+"""Update rules over one flat parameter buffer, in place: SGD, momentum, Nesterov, AdaGrad, RMSProp.
 
-Each rule: `step(params, grads, lr)` with params, grads: (P,) contiguous float arrays;
-`state_dict()` -> plain arrays and numbers (stored in HDF5); `load_state_dict(d)` validates.
+Every rule has `step(params, grads, lr)` with params, grads: (P,) float arrays of one dtype
+(the model's contiguous float32 buffers, or float64 in tests). State buffers are (P,) arrays of
+that dtype, allocated once on the first step together with one (P,) scratch buffer; after that a
+step allocates nothing, because every operation writes through `out=` or an in-place operator.
 Rules never see the world size: gradient averaging happens before them.
+
+`state_dict()` holds only (P,) arrays and plain numbers (it goes into HDF5, never a pickle);
+`load_state_dict(d)` checks names, types and shapes before it changes anything.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-
-def _check_range(rule: str, name: str, value, low: float, high: float | None = None,
-                 low_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value > low if low_open else value >= low) and (high is None or value < high)
-    if not ok:
-        bound = f"{'>' if low_open else '>='} {low}" + (f" and < {high}" if high is not None else "")
-        raise ValueError(f"{rule}: {name}={value!r}, expected a number {bound}")
-    return float(value)
+from distnn.optim._check import array_desc, integer, known_keys, number
 
 
-class Rule:
-    """Base: named state buffers allocated on first step (sized like params)."""
+class UpdateRule:
+    """Base class. Subclasses set `name`, `hparams` (constructor keywords), `buffers` (names of
+    their (P,) state arrays), `nonnegative` (buffers holding sums of squares) and `_update`.
+    """
 
-    name = "sgd"
+    name = "rule"
+    hparams: tuple[str, ...] = ()
     buffers: tuple[str, ...] = ()
+    nonnegative: tuple[str, ...] = ()
 
     def __init__(self):
+        self.t = 0  # steps taken; Adam's bias correction needs it
         self.state: dict[str, np.ndarray] = {}
-        self.t = 0
-        self._tmp = None
-
-    def _ensure(self, params: np.ndarray) -> None:
-        if not self.state and self.buffers:
-            self.state = {b: np.zeros_like(params) for b in self.buffers}
-        if self._tmp is None or self._tmp.shape != params.shape:
-            self._tmp = np.empty_like(params)
+        self._size: int | None = None  # P when fixed at construction (AdamW's decay mask)
+        self._tmp: np.ndarray | None = None  # (P,) scratch, so that a step never allocates
 
     def step(self, params: np.ndarray, grads: np.ndarray, lr: float) -> None:
-        self._ensure(params)
+        """params -= update(grads), in place. params, grads: (P,) float arrays, same dtype;
+        lr: the learning rate for this step (>= 0)."""
+        self._check_arrays(params, grads)
+        lr = number(f"{self.name}.step", "lr", lr, low=0.0)
+        if self._tmp is None or self._tmp.dtype != params.dtype or self._tmp.shape != params.shape:
+            self._allocate(params)
         self.t += 1
         self._update(params, grads, params.dtype.type(lr))
 
-    def _update(self, params, grads, lr) -> None:
+    def _update(self, params: np.ndarray, grads: np.ndarray, lr) -> None:
+        raise NotImplementedError
+
+    def _check_arrays(self, params, grads) -> None:
+        ok = isinstance(params, np.ndarray) and isinstance(grads, np.ndarray)
+        ok = ok and params.ndim == 1 and params.dtype.kind == "f" and params.flags.writeable
+        if not (ok and grads.shape == params.shape and grads.dtype == params.dtype):
+            raise ValueError(
+                f"{self.name}.step: params {array_desc(params)} and grads {array_desc(grads)}; "
+                "expected two 1-D float arrays of one shape and dtype, params writable")
+
+    def _allocate(self, params: np.ndarray) -> None:
+        """State buffers and scratch shaped like params (keeping loaded state, in its dtype)."""
+        size = self._known_size()
+        if size is not None and size != params.size:
+            raise ValueError(f"{self.name}.step: params has {params.size} elements, but this "
+                             f"rule's state is for {size}")
+        for key in self.buffers:
+            old = self.state.get(key)
+            self.state[key] = (np.zeros_like(params) if old is None
+                               else np.ascontiguousarray(old, dtype=params.dtype))
+        self._tmp = np.empty_like(params)
+
+    def _known_size(self) -> int | None:
+        """P as far as it is known yet: from the buffers, else the constructor, else None."""
+        if self._tmp is not None:
+            return self._tmp.size
+        if self.state:
+            return next(iter(self.state.values())).size
+        return self._size
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """{"t": int, <buffer>: (P,) array copy, ...}. A rule that never stepped has only "t"."""
+        return {"t": self.t, **{k: v.copy() for k, v in self.state.items()}}
+
+    def load_state_dict(self, d: Mapping) -> None:
+        """Continue from `d` (from `state_dict`, possibly via HDF5). Raises ValueError naming the
+        key, its value and the expectation; on error nothing has changed."""
+        where = f"{self.name}.load_state_dict"
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where}: state {type(d).__name__}, expected a dict")
+        known_keys(where, d, ("t",) + self.buffers)
+        if "t" not in d:
+            raise ValueError(f"{where}: missing key 't' (the step counter)")
+        t = integer(where, "t", d["t"])
+        arrays = self._checked_arrays(where, d, t)
+        self.t = t
+        if not arrays:  # a rule that never stepped: fresh zeros, whatever was there
+            if self._tmp is None:
+                self.state = {}
+            for buf in self.state.values():
+                buf.fill(0)
+        for key, arr in arrays.items():
+            if key in self.state and self._tmp is not None:
+                np.copyto(self.state[key], arr)  # keeps the buffer (and its dtype) in place
+            else:
+                self.state[key] = np.array(arr, copy=True, order="C")
+
+    def _checked_arrays(self, where: str, d: Mapping, t: int) -> dict[str, np.ndarray]:
+        present = [k for k in self.buffers if k in d]
+        if not present and t == 0:
+            return {}
+        missing = [k for k in self.buffers if k not in d]
+        if missing:
+            raise ValueError(f"{where}: missing key {missing[0]!r} (t={t}; only a rule that never "
+                             "stepped, t=0, may omit its state arrays)")
+        # Buffers in use (or a decay mask) fix P; state loaded but not yet used may be replaced.
+        size = self._tmp.size if self._tmp is not None else self._size
+        out = {}
+        for key in self.buffers:
+            arr = d[key]
+            if not isinstance(arr, np.ndarray) or arr.ndim != 1 or arr.dtype.kind != "f":
+                raise ValueError(f"{where}: {key} is {array_desc(arr)}, expected a 1-D float array")
+            if size is not None and arr.size != size:
+                raise ValueError(f"{where}: {key} has shape {arr.shape}, expected ({size},)")
+            if key in self.nonnegative and bool((arr < 0).any()):
+                raise ValueError(f"{where}: {key} has negative entries (min {arr.min()}), "
+                                 "expected a sum of squares >= 0")
+            out[key] = arr
+        shapes = {a.shape for a in out.values()}
+        if len(shapes) > 1:
+            raise ValueError(f"{where}: state arrays have shapes {sorted(shapes)}, expected one")
+        return out
+
+
+class SGD(UpdateRule):
+    """x -= lr g."""
+
+    name = "sgd"
+
+    def _update(self, params, grads, lr):
         np.multiply(grads, lr, out=self._tmp)
         params -= self._tmp
 
-    def state_dict(self) -> dict:
-        return {"t": self.t, **{k: v.copy() for k, v in self.state.items()}}
 
-    def load_state_dict(self, d: dict) -> None:
-        missing = [k for k in ("t",) + self.buffers if k not in d]
-        if missing:
-            raise ValueError(f"{self.name}: state is missing {missing}; expected {('t',) + self.buffers}")
-        arrays = {k: np.asarray(d[k]) for k in self.buffers}
-        shapes = {v.shape for v in arrays.values()}
-        if len(shapes) > 1:
-            raise ValueError(f"{self.name}: state buffers have different shapes {shapes}")
-        if self.state:
-            for k, v in arrays.items():
-                if v.shape != self.state[k].shape:
-                    raise ValueError(f"{self.name}: state {k} has shape {v.shape}, "
-                                     f"expected {self.state[k].shape}")
-        self.state = {k: v.copy() for k, v in arrays.items()}
-        self.t = int(d["t"])
+class Momentum(UpdateRule):
+    """v = mu v - lr g; x += v. mu in [0, 1)."""
 
-
-class SGD(Rule):
-    name = "sgd"
-
-
-class Momentum(Rule):
-    """v = mu v - lr g; x += v."""
-
-    name, buffers = "momentum", ("velocity",)
+    name, hparams, buffers = "momentum", ("mu",), ("velocity",)
 
     def __init__(self, mu: float = 0.9):
         super().__init__()
-        self.mu = _check_range(self.name, "mu", mu, 0.0, 1.0)
+        self.mu = number(self.name, "mu", mu, low=0.0, high=1.0, high_open=True)
 
     def _update(self, params, grads, lr):
-        v = self.state["velocity"]
-        v *= v.dtype.type(self.mu)
-        np.multiply(grads, lr, out=self._tmp)
-        v -= self._tmp
+        v, tmp = self.state["velocity"], self._tmp
+        v *= params.dtype.type(self.mu)
+        np.multiply(grads, lr, out=tmp)
+        v -= tmp
         params += v
 
 
 class Nesterov(Momentum):
-    """v_prev = v; v = mu v - lr g; x += -mu v_prev + (1 + mu) v."""
+    """CS231n form: v_prev = v; v = mu v - lr g; x += -mu v_prev + (1 + mu) v. mu in [0, 1)."""
 
     name = "nesterov"
 
     def _update(self, params, grads, lr):
+        # Substituting mu v_prev = v + lr g turns the update into x += mu v - lr g: the same
+        # step without keeping v_prev, in two fewer passes over memory.
         v, tmp = self.state["velocity"], self._tmp
-        mu = v.dtype.type(self.mu)
-        np.multiply(v, -mu, out=tmp)  # -mu v_prev
-        params += tmp
-        v *= mu
+        mu = params.dtype.type(self.mu)
         np.multiply(grads, lr, out=tmp)
+        v *= mu
         v -= tmp
-        np.multiply(v, 1 + mu, out=tmp)
+        params -= tmp
+        np.multiply(v, mu, out=tmp)
         params += tmp
 
 
-class AdaGrad(Rule):
-    """cache += g^2; x -= lr g / (sqrt(cache) + eps)."""
+class AdaGrad(UpdateRule):
+    """cache += g^2; x -= lr g / (sqrt(cache) + eps). eps > 0."""
 
-    name, buffers = "adagrad", ("cache",)
+    name, hparams, buffers, nonnegative = "adagrad", ("eps",), ("cache",), ("cache",)
 
     def __init__(self, eps: float = 1e-8):
         super().__init__()
-        self.eps = _check_range(self.name, "eps", eps, 0.0, low_open=True)
-
-    def _scaled_step(self, params, grads, lr, cache):
-        tmp = self._tmp
-        np.sqrt(cache, out=tmp)
-        tmp += tmp.dtype.type(self.eps)
-        np.divide(grads, tmp, out=tmp)
-        tmp *= lr
-        params -= tmp
+        self.eps = number(self.name, "eps", eps, low=0.0, low_open=True)
 
     def _update(self, params, grads, lr):
         cache = self.state["cache"]
@@ -127,89 +191,31 @@ class AdaGrad(Rule):
         cache += self._tmp
         self._scaled_step(params, grads, lr, cache)
 
-
-class RMSProp(AdaGrad):
-    """cache = d cache + (1 - d) g^2; x -= lr g / (sqrt(cache) + eps)."""
-
-    name = "rmsprop"
-
-    def __init__(self, decay_rate: float = 0.99, eps: float = 1e-8):
-        super().__init__(eps)
-        self.decay_rate = _check_range(self.name, "decay_rate", decay_rate, 0.0, 1.0)
-
-    def _update(self, params, grads, lr):
-        cache, d = self.state["cache"], self.state["cache"].dtype.type(self.decay_rate)
-        cache *= d
-        np.multiply(grads, grads, out=self._tmp)
-        self._tmp *= 1 - d
-        cache += self._tmp
-        self._scaled_step(params, grads, lr, cache)
-
-
-class Adam(Rule):
-    """Bias-corrected Adam (Kingma & Ba): m, v moments; x -= lr m_hat / (sqrt(v_hat) + eps)."""
-
-    name, buffers = "adam", ("m", "v")
-
-    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
-        super().__init__()
-        self.beta1 = _check_range(self.name, "beta1", beta1, 0.0, 1.0)
-        self.beta2 = _check_range(self.name, "beta2", beta2, 0.0, 1.0)
-        self.eps = _check_range(self.name, "eps", eps, 0.0, low_open=True)
-
-    def _update(self, params, grads, lr):
-        m, v, tmp = self.state["m"], self.state["v"], self._tmp
-        f = m.dtype.type
-        b1, b2 = f(self.beta1), f(self.beta2)
-        m *= b1
-        np.multiply(grads, 1 - b1, out=tmp)
-        m += tmp
-        v *= b2
-        np.multiply(grads, grads, out=tmp)
-        tmp *= 1 - b2
-        v += tmp
-        # Fold both bias corrections into the step size and epsilon (no extra buffers).
-        c1, c2 = 1.0 - self.beta1 ** self.t, 1.0 - self.beta2 ** self.t
-        np.sqrt(v, out=tmp)
-        tmp += f(self.eps * np.sqrt(c2))
-        np.divide(m, tmp, out=tmp)
-        tmp *= f(lr * np.sqrt(c2) / c1)
+    def _scaled_step(self, params, grads, lr, cache):
+        """x -= lr g / (sqrt(cache) + eps), through the scratch buffer."""
+        tmp = self._tmp
+        np.sqrt(cache, out=tmp)
+        tmp += params.dtype.type(self.eps)
+        np.divide(grads, tmp, out=tmp)
+        tmp *= lr
         params -= tmp
 
 
-class AdamW(Adam):
-    """Adam with decoupled weight decay: x -= lr wd x (only where decay_mask is 1), then Adam."""
+class RMSProp(AdaGrad):
+    """cache = d cache + (1 - d) g^2; x -= lr g / (sqrt(cache) + eps). d in [0, 1), eps > 0."""
 
-    name = "adamw"
+    name, hparams = "rmsprop", ("decay_rate", "eps")
 
-    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-                 wd: float = 0.01, decay_mask: np.ndarray | None = None):
-        super().__init__(beta1, beta2, eps)
-        self.wd = _check_range(self.name, "wd", wd, 0.0)
-        self.decay_mask = decay_mask
+    def __init__(self, decay_rate: float = 0.99, eps: float = 1e-8):
+        super().__init__(eps)
+        self.decay_rate = number(self.name, "decay_rate", decay_rate, low=0.0, high=1.0,
+                                 high_open=True)
 
     def _update(self, params, grads, lr):
-        if self.wd:
-            np.multiply(params, lr * self.wd, out=self._tmp)
-            if self.decay_mask is not None:
-                self._tmp *= self.decay_mask
-            params -= self._tmp
-        super()._update(params, grads, lr)
-
-
-RULES = {cls.name: cls for cls in (SGD, Momentum, Nesterov, AdaGrad, RMSProp, Adam, AdamW)}
-
-
-def make_optimizer(name: str, **hparams) -> Rule:
-    """An update rule by name; unknown names and hyperparameters are errors naming them."""
-    cls = RULES.get(name)
-    if cls is None:
-        raise ValueError(f"optimizer {name!r} is unknown; expected one of {', '.join(RULES)}")
-    try:
-        return cls(**hparams)
-    except TypeError:
-        import inspect
-
-        allowed = sorted(set(inspect.signature(cls.__init__).parameters) - {"self"})
-        raise ValueError(f"optimizer {name}: hyperparameters {sorted(hparams)}, expected some "
-                         f"of {allowed}") from None
+        f = params.dtype.type
+        cache, tmp = self.state["cache"], self._tmp
+        cache *= f(self.decay_rate)
+        np.multiply(grads, grads, out=tmp)
+        tmp *= f(1.0 - self.decay_rate)
+        cache += tmp
+        self._scaled_step(params, grads, lr, cache)
