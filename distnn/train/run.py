@@ -70,10 +70,9 @@ def load_on_root(path: Path | None, model_spec, comm) -> ckpt.Snapshot | None:
     error = comm.bcast_obj(error)
     if error:
         raise CheckpointError(error)
-    if comm.bcast_obj(path is not None and snap is not None) is False:
+    if not comm.bcast_obj(snap is not None):
         return None
-    fields = {"step": 0, "epoch": 0, "step_in_epoch": 0, "config_yaml": "", "model_spec": [],
-              "coordinator": {}}
+    fields = ("step", "epoch", "step_in_epoch", "config_yaml", "model_spec", "coordinator")
     meta = comm.bcast_obj({k: getattr(snap, k) for k in fields} if comm.rank == 0 else None)
     model = broadcast_arrays(snap.model if snap else None, comm)
     optim = broadcast_arrays(snap.optimizer if snap else None, comm)
