@@ -14,12 +14,13 @@ import os
 from distnn.comm.base import OPS, Communicator
 from distnn.comm.failfast import install_excepthook
 
-# Valid names for create_communicator. The Ray backend plugs in here: add "ray" to BACKENDS and
-# a branch in _load that imports distnn.comm.ray (raising the install hint if ray is missing)
-# once distnn/comm/ray.py exists and passes tests/comm/contract.py.
-BACKENDS = ("local", "mpi")
+# Valid names for create_communicator. "ray" needs a rank, a size and a group (the rendezvous
+# actor), which only the Ray launcher (distnn/train/ray_launch.py) knows: it builds
+# RayCommunicator itself; create_communicator("ray") without them is a TypeError.
+BACKENDS = ("local", "mpi", "ray")
 
-_INSTALL_HINT = {"mpi": "pip install 'distnn[mpi]'  (mpi4py + the mpich wheel)"}
+_INSTALL_HINT = {"mpi": "pip install 'distnn[mpi]'  (mpi4py + the mpich wheel)",
+                 "ray": "pip install 'distnn[ray]'"}
 
 # Launchers export the world size to every rank: MPICH/Intel MPI/srun --mpi=pmi2 (PMI_SIZE),
 # Open MPI (OMPI_COMM_WORLD_SIZE), MVAPICH (MV2_COMM_WORLD_SIZE).
@@ -44,6 +45,15 @@ def _load(name: str) -> type[Communicator]:
         from distnn.comm.local import LocalCommunicator
 
         return LocalCommunicator
+    if name == "ray":
+        try:
+            from distnn.comm.ray import RayCommunicator
+        except ImportError as exc:
+            if not (exc.name or "").startswith("ray"):
+                raise
+            raise ImportError(f"the 'ray' communicator needs ray, which is not installed: "
+                              f"{_INSTALL_HINT['ray']}") from exc
+        return RayCommunicator
     try:
         from distnn.comm.mpi import MPICommunicator
     except ImportError as exc:

@@ -29,7 +29,11 @@ def register_train_commands(sub) -> None:
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="'auto': continue from the run directory's last checkpoint if there is "
                         "one; or a checkpoint path")
-    p.add_argument("--backend", default=None, help="communication backend: auto, local, mpi")
+    p.add_argument("--backend", default=None, help="communication backend: auto, local, mpi, "
+                                                   "ray (with --workers N)")
+    from distnn.train.ray_launch import add_ray_arguments
+
+    add_ray_arguments(p)
     p.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset split")
@@ -90,6 +94,10 @@ def cmd_train(args) -> int:
         return EXIT_BAD_INPUT
     backend = args.backend or cfg.comm.backend
     backend = detect_backend() if backend == "auto" else backend
+    if backend == "ray":  # this process is the Ray driver; the workers run train() below
+        from distnn.train.ray_launch import launch
+
+        return launch(args, cfg)
     comm = create_communicator(backend, timeout=cfg.comm.timeout or None)
     if comm.size > 1:
         install_excepthook(comm)  # an exception on one rank ends the job, no rank left waiting

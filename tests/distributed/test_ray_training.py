@@ -1,0 +1,190 @@
+"""Training on real Ray actors: `distnn train --backend ray` against one real local head.
+
+The module starts ONE head (`ray start --head --block` on loopback, 2 CPUs, with the dashboard
+so that the job server of `ray job submit` runs) and ends it by its pid (SIGTERM to the blocking
+`ray start`, which stops the processes it started; no machine-wide `ray stop`). Every driver is a
+real `distnn train` subprocess connecting with --address.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.train.runs import BIN, metrics, params, wait_for, write_config
+
+pytest.importorskip("ray", reason="ray not installed (pip install 'distnn[ray]')")
+
+ROOT = Path(__file__).resolve().parents[2]
+# The same bound as the MPI test (tests/distributed/test_mpi_training.py).
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_env() -> dict:
+    e = dict(os.environ)
+    e["RAY_AUTH_MODE"] = "disabled"  # Ray 2.60: else `ray start`/`ray job submit` want a token
+    e.setdefault("PYTHONUNBUFFERED", "1")
+    e.pop("RAY_ADDRESS", None)
+    return e
+
+
+class Head:
+    def __init__(self):
+        self.port, self.dash = free_port(), free_port()
+        self.tmp = tempfile.mkdtemp(prefix="dnray-")  # short: Ray socket paths < 108 chars
+        self.log = Path(self.tmp) / "head.log"
+        self.proc = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+             "--port", str(self.port), "--num-cpus", "2", "--include-dashboard=true",
+             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dash),
+             "--temp-dir", self.tmp, "--disable-usage-stats"],
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=ray_env())
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout=90):
+        import urllib.request
+
+        def up():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"ray start exited: {self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.dash}/api/version",
+                                            timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(up, timeout, "the Ray head's dashboard")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def head():
+    h = Head()
+    try:
+        h.wait_ready()
+        yield h
+    finally:
+        h.stop()
+
+
+def distnn(args, timeout=240, **kw):
+    return subprocess.run([str(BIN / "distnn"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=ray_env(), **kw)
+
+
+def ray_train(head, cfg, run_dir, *extra, timeout=240):
+    return distnn(["train", str(cfg), "--run-dir", str(run_dir), "--backend", "ray",
+                   "--workers", "2", "--address", head.address, *extra], timeout=timeout)
+
+
+def test_two_ray_workers_equal_one_process(head, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", train={"epochs": 1, "max_steps": 12,
+                                                   "global_batch": 32, "consistency_every": 1})
+    one = distnn(["train", str(cfg), "--run-dir", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr
+    many = ray_train(head, cfg, tmp_path / "many")
+    assert many.returncode == 0, many.stdout + many.stderr
+    assert "rank 1 of 2 is pid" in many.stderr and "test accuracy" in many.stdout
+    a, b = params(tmp_path / "one/checkpoints/last.h5"), params(tmp_path / "many/checkpoints/last.h5")
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=RTOL, atol=ATOL, err_msg=k)
+    m1, mn = metrics(tmp_path / "one"), metrics(tmp_path / "many")
+    assert [m["split"] for m in m1] == [m["split"] for m in mn]
+    assert mn[-1]["n"] == m1[-1]["n"] == 2000  # test split counted once across ranks
+
+
+def test_killed_actor_is_replaced_and_resumes_bit_identical(head, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", train={"epochs": 3, "global_batch": 16},
+                       checkpoint={"every_epochs": 1})
+    straight = ray_train(head, cfg, tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    rd, log = tmp_path / "killed", tmp_path / "killed.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "distnn"), "train", str(cfg), "--run-dir", str(rd), "--backend", "ray",
+             "--workers", "2", "--address", head.address, "--max-failures", "1"],
+            stdout=out, stderr=subprocess.STDOUT, text=True, env=ray_env())
+        try:
+            # The end of epoch 0 writes last.h5; an epoch of 469 steps takes ~0.3 s here: kill
+            # rank 1 right away, inside epoch 1.
+            wait_for(lambda: (rd / "checkpoints/last.h5").exists() or proc.poll() is not None,
+                     150, "the first checkpoint")
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+            pid = int(re.search(r"rank 1 of 2 is pid (\d+)", log.read_text()).group(1))
+            os.kill(pid, signal.SIGKILL)
+            proc.wait(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    assert re.search(rf"worker rank 1 \(pid {pid} on .*\) died .*restarting the worker group "
+                     rf"\(1 of --max-failures 1\), resuming from .*last\.h5", text), text
+    assert [m["step"] for m in metrics(rd) if m["split"] == "val"][-1] == 3 * 469
+    a, b = params(tmp_path / "straight/checkpoints/last.h5"), params(rd / "checkpoints/last.h5")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_ray_job_submit_runs_training(head, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", train={"epochs": 1, "max_steps": 6,
+                                                   "global_batch": 32})
+    rd = tmp_path / "job"
+    out = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{head.dash}", "--",
+         sys.executable, str(ROOT / "launch/ray_train.py"), str(cfg), "--workers", "2",
+         "--run-dir", str(rd)],
+        capture_output=True, text=True, timeout=240, env=ray_env())
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "succeeded" in text and "test accuracy" in text, text
+    assert metrics(rd)[-1]["split"] == "test"
+
+
+def test_unreachable_address_is_one_clear_error(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml")
+    t0 = time.monotonic()
+    out = distnn(["train", str(cfg), "--backend", "ray", "--workers", "2", "--address",
+                  f"127.0.0.1:{free_port()}", "--run-dir", str(tmp_path / "r")], timeout=60)
+    assert out.returncode == 2 and time.monotonic() - t0 < 30
+    assert out.stderr.count("error:") == 1 and "cannot reach the Ray cluster at 127.0.0.1:" \
+        in out.stderr, out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_more_workers_than_cpus_is_one_clear_error(head, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml")
+    out = distnn(["train", str(cfg), "--backend", "ray", "--workers", "3", "--address",
+                  head.address, "--run-dir", str(tmp_path / "r")], timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "--workers 3 needs 3 CPUs (one per worker), but the Ray cluster at " \
+        f"{head.address} has 2" in out.stderr, out.stderr
+    assert not (tmp_path / "r").exists()
