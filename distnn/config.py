@@ -91,8 +91,10 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class CommConfig:
-    backend: str = "auto"  # auto | local | mpi
+    backend: str = "auto"  # auto | local | mpi | ray
     timeout: float = 300.0  # seconds a collective may take before the job aborts (0: none)
+    workers: int = 2  # ray: number of worker actors (--workers overrides)
+    max_failures: int = 0  # ray: worker-group restarts from the last checkpoint (--max-failures)
 
 
 @dataclass(frozen=True)
@@ -116,17 +118,18 @@ CHOICES = {
     "schedule.per": ("step", "epoch"),
     "early_stopping.monitor": ("val_loss", "val_accuracy"),
     "early_stopping.mode": ("min", "max"),
-    "comm.backend": ("auto", "local", "mpi"),
+    "comm.backend": ("auto", "local", "mpi", "ray"),
 }
 POSITIVE = {"train.epochs", "train.global_batch", "train.grad_accum", "schedule.reference_batch",
-            "checkpoint.keep_best", "schedule.base_lr", "train.divergence_factor",
+            "checkpoint.keep_best", "comm.workers", "schedule.base_lr", "train.divergence_factor",
             "optimizer.eps", "schedule.drop", "schedule.gamma", "schedule.factor"}
 NON_NEGATIVE = {"seed", "data.val_size", "train.l2", "train.max_steps", "train.eval_every_steps",
                 "train.consistency_every", "train.threads", "optimizer.weight_decay",
                 "schedule.every", "schedule.k", "schedule.total_epochs", "schedule.min_lr",
                 "schedule.warmup_epochs", "schedule.patience", "schedule.cooldown",
                 "early_stopping.patience", "early_stopping.min_delta",
-                "checkpoint.every_epochs", "checkpoint.every_steps", "comm.timeout"}
+                "checkpoint.every_epochs", "checkpoint.every_steps", "comm.timeout",
+                "comm.max_failures"}
 UNIT = {"optimizer.mu", "optimizer.beta1", "optimizer.beta2", "optimizer.decay_rate",
         "schedule.drop", "schedule.gamma", "schedule.factor", "schedule.warmup_start_factor"}
 

@@ -27,10 +27,18 @@ def test_overrides_are_validated_like_yaml():
     ({"data": {"augment": "yes"}}, "data.augment: 'yes' is not a boolean"),
     ({"model": "resnet"}, "model: 'resnet' is not a list"),
     ({"schedule": {"base_lr": -1}}, "schedule.base_lr: -1.0 must be > 0"),
+    ({"comm": {"backend": "gloo"}}, "comm.backend: 'gloo' is not one of"),
+    ({"comm": {"workers": 0}}, "comm.workers: 0 must be > 0"),
+    ({"comm": {"max_failures": -1}}, "comm.max_failures: -1 must be >= 0"),
 ])
 def test_bad_values_name_the_key(raw, match):
     with pytest.raises(ConfigError, match=match):
         from_dict(raw)
+
+
+def test_ray_settings():
+    cfg = load_config(None, ["comm.backend=ray", "comm.workers=4", "comm.max_failures=2"])
+    assert (cfg.comm.backend, cfg.comm.workers, cfg.comm.max_failures) == ("ray", 4, 2)
 
 
 def test_round_trip_and_bad_override_syntax():

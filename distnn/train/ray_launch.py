@@ -36,13 +36,15 @@ READY_TIMEOUT = 120.0  # seconds to wait for the placement group and the actors 
 def add_ray_arguments(p) -> None:
     """The `distnn train` options of the Ray backend."""
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="--backend ray: number of worker actors (one CPU each; default 2)")
+                   help="--backend ray: number of worker actors (one CPU each; default: the "
+                        "config's comm.workers, 2)")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="--backend ray: Ray cluster address (default: $RAY_ADDRESS, else start a "
                         "local Ray)")
-    p.add_argument("--max-failures", type=int, default=0, metavar="K",
+    p.add_argument("--max-failures", type=int, default=None, metavar="K",
                    help="--backend ray: restart the worker group from the last checkpoint at "
-                        "most K times when a worker dies (default 0)")
+                        "most K times when a worker dies (default: the config's "
+                        "comm.max_failures, 0)")
 
 
 def log(message: str) -> None:
@@ -185,11 +187,12 @@ def _forward_signal(info: dict) -> None:
 
 def launch(args, cfg) -> int:
     """Run `cfg` on `args.workers` Ray actors; returns the exit code of `distnn train`."""
-    workers = 2 if args.workers is None else args.workers
+    workers = cfg.comm.workers if args.workers is None else args.workers
     if workers < 1:
         log(f"error: --workers must be >= 1, got {workers}")
         return EXIT_BAD_INPUT
-    max_failures = getattr(args, "max_failures", 0) or 0
+    max_failures = getattr(args, "max_failures", None)
+    max_failures = cfg.comm.max_failures if max_failures is None else max_failures
     if max_failures < 0:
         log(f"error: --max-failures must be >= 0, got {max_failures}")
         return EXIT_BAD_INPUT
