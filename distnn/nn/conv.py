@@ -1,13 +1,19 @@
-"""2-D convolution in NHWC as one im2col (Numba) and one GEMM (BLAS)."""
+"""2-D convolution in NHWC as im2col (Numba) + GEMM (BLAS), chunk by chunk of images."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from distnn.nn import kernels
+from distnn.nn import kernels, winograd
 from distnn.nn.base import Layer
 from distnn.nn.errors import ShapeError, SpecError
 from distnn.nn.init import fill_normal, init_std
+
+# Rows of the im2col matrix processed at a time (see Conv2D._chunk); measured with
+# `python -m benchmarks.step_throughput --model cifar --batch 128 --threads 1`.
+CHUNK_ROWS = 1024
+# Winograd tiles (2x2 outputs each) processed at a time, chosen the same way.
+CHUNK_TILES = 256
 
 
 class Conv2D(Layer):
@@ -40,6 +46,8 @@ class Conv2D(Layer):
         self.ho = kernels.output_size(h, k, s, p, f"{self.name} height")
         self.wo = kernels.output_size(w, k, s, p, f"{self.name} width")
         self.k2 = k * k * c
+        # F(2x2, 3x3) Winograd where it applies (2.25x fewer multiplies), else im2col + GEMM.
+        self.algorithm = "winograd" if winograd.usable(k, s, self.ho, self.wo) else "im2col"
         return (self.ho, self.wo, self.filters)
 
     def param_shapes(self):
@@ -54,35 +62,134 @@ class Conv2D(Layer):
         fill_normal(self.p["W"], std, rng)
         self.p["b"][...] = 0.0
 
+    def _chunk(self, n: int) -> int:
+        """Images per chunk: about CHUNK_ROWS rows of im2col, so that a chunk's columns stay in
+        cache between im2col and its GEMMs instead of streaming a batch-sized matrix (151 MB
+        for a 32x32x32 conv at batch 128) through memory several times per step."""
+        return max(1, min(n, CHUNK_ROWS // (self.ho * self.wo)))
+
     def forward(self, x, training):
         self.check_input(x)
+        if self.algorithm == "winograd":
+            self._winograd_forward(x)
+        else:
+            self._im2col_forward(x)
+        # Backward rebuilds each chunk's columns (or tiles) from x: it must not change before
+        # then. The model's own buffers do not; the caller's input array (first layer) might:
+        # keep a copy.
+        if not self.input_grad:
+            keep = self.buffer("x", x.shape)
+            keep[...] = x
+            x = keep
+        self._x = x
+        return self._scratch["out"]
+
+    def _im2col_forward(self, x):
+        n, f, hw = x.shape[0], self.filters, self.ho * self.wo
+        out = self.buffer("out", (n, self.ho, self.wo, f))
+        out2d = out.reshape(n * hw, f)
+        w2d = self.p["W"].reshape(self.k2, f)
+        step = self._chunk(n)
+        cols = self.buffer("cols", (step * hw, self.k2))
+        for n0 in range(0, n, step):
+            n1 = min(n, n0 + step)
+            c, o = cols[:(n1 - n0) * hw], out2d[n0 * hw:n1 * hw]
+            kernels.im2col(x[n0:n1], c, self.kernel, self.kernel, self.stride, self.pad,
+                           self.ho, self.wo)
+            np.matmul(c, w2d, out=o)
+            kernels.bias_relu_(o, self.p["b"], self.fuse_relu)
+
+    def _tiles_chunk(self, n: int) -> int:
+        """Images per Winograd chunk: about CHUNK_TILES tiles (see _chunk)."""
+        return max(1, min(n, CHUNK_TILES // ((self.ho // 2) * (self.wo // 2))))
+
+    def _winograd_u(self):
+        """The transformed filters U (16, C, F) of the current weights."""
+        c, f = self.in_shape[2], self.filters
+        g = self.buffer("G", (4, 3))
+        g[...] = winograd.G
+        u = self.buffer("U", (16, c, f))
+        winograd.filter_transform(self.p["W"], u, g, self.buffer("u_tmp", (4, 3, c * f)))
+        return u
+
+    def _winograd_forward(self, x):
+        n, c, f = x.shape[0], self.in_shape[2], self.filters
+        th, tw = self.ho // 2, self.wo // 2
+        out = self.buffer("out", (n, self.ho, self.wo, f))
+        u = self._winograd_u()
+        step = self._tiles_chunk(n)
+        rows = winograd.padded_tiles(step * th * tw)
+        v = self.buffer("V", (16, rows, c))
+        m = self.buffer("M", (16, rows, f))
+        for n0 in range(0, n, step):
+            n1 = min(n, n0 + step)
+            t = (n1 - n0) * th * tw
+            # The kernels take the whole (contiguous) buffers and fill the first t tiles.
+            winograd.input_transform(x[n0:n1], v, self.pad, th, tw)
+            np.matmul(v[:, :t], u, out=m[:, :t])
+            winograd.output_transform(m, out[n0:n1], self.p["b"], self.fuse_relu, th, tw)
+
+    def _winograd_backward(self, dout2d):
+        x, c, f = self._x, self.in_shape[2], self.filters
         n = x.shape[0]
-        m = n * self.ho * self.wo
-        cols = self.buffer("cols", (m, self.k2))
-        kernels.im2col(x, cols, self.kernel, self.kernel, self.stride, self.pad, self.ho, self.wo)
-        out = self.buffer("out", (n, self.ho, self.wo, self.filters))
-        out2d = out.reshape(m, self.filters)
-        np.matmul(cols, self.p["W"].reshape(self.k2, self.filters), out=out2d)
-        kernels.bias_relu_(out2d, self.p["b"], self.fuse_relu)
-        self._cols, self._n = cols, n
-        return out
+        th, tw = self.ho // 2, self.wo // 2
+        dout = dout2d.reshape(n, self.ho, self.wo, f)
+        u = self._scratch["U"]  # the weights have not changed since forward
+        du = self.buffer("dU", (16, c, f))
+        part = self.buffer("dU_part", (16, c, f))
+        dx = self.buffer("dx", (n,) + self.in_shape) if self.input_grad else None
+        step = self._tiles_chunk(n)
+        rows = winograd.padded_tiles(step * th * tw)
+        v = self.buffer("V", (16, rows, c))
+        dm = self.buffer("M", (16, rows, f))
+        for n0 in range(0, n, step):
+            n1 = min(n, n0 + step)
+            t = (n1 - n0) * th * tw
+            vc, dmc = v[:, :t], dm[:, :t]
+            winograd.input_transform(x[n0:n1], v, self.pad, th, tw)
+            winograd.output_transform_adjoint(dout[n0:n1], dm, th, tw)
+            np.matmul(vc.transpose(0, 2, 1), dmc, out=du if n0 == 0 else part)
+            if n0:
+                du += part
+            if dx is not None:  # the chunk's V is used: reuse it for dV
+                np.matmul(dmc, u.transpose(0, 2, 1), out=vc)
+                winograd.input_transform_adjoint(v, dx[n0:n1], self.pad, th, tw)
+        gt = self.buffer("GT", (3, 4))
+        gt[...] = winograd.G.T
+        winograd.filter_transform_adjoint(du, self.g["W"], gt,
+                                          self.buffer("du_tmp", (3, 4, c * f)))
+        return dx
 
     def backward(self, dout):
-        n, f = self._n, self.filters
-        m = n * self.ho * self.wo
-        dout2d = dout.reshape(m, f)
-        cols = self._cols
+        x, f, hw = self._x, self.filters, self.ho * self.wo
+        n = x.shape[0]
+        dout2d = dout.reshape(n * hw, f)
         # The fused ReLU's mask and the bias gradient in one pass (the ReLU layer then passes
         # dout through untouched).
-        out2d = self._scratch["out"].reshape(m, f)
+        out2d = self._scratch["out"].reshape(n * hw, f)
         kernels.relu_mask_bias_grad_(dout2d, out2d, self.g["b"], self.fuse_relu)
-        np.matmul(cols.T, dout2d, out=self.g["W"].reshape(self.k2, f))
-        if not self.input_grad:
-            return None
-        # cols is no longer needed: reuse it for d(cols) instead of allocating.
-        np.matmul(dout2d, self.p["W"].reshape(self.k2, f).T, out=cols)
-        dx = self.buffer("dx", (n,) + self.in_shape)
-        kernels.col2im(cols, dx, self.kernel, self.kernel, self.stride, self.pad, self.ho, self.wo)
+        if self.algorithm == "winograd":
+            return self._winograd_backward(dout2d)
+        w2d = self.p["W"].reshape(self.k2, f)
+        gw = self.g["W"].reshape(self.k2, f)
+        part = self.buffer("gw_part", (self.k2, f))
+        dx = self.buffer("dx", (n,) + self.in_shape) if self.input_grad else None
+        step = self._chunk(n)
+        cols = self.buffer("cols", (step * hw, self.k2))
+        for n0 in range(0, n, step):
+            n1 = min(n, n0 + step)
+            c, d = cols[:(n1 - n0) * hw], dout2d[n0 * hw:n1 * hw]
+            kernels.im2col(x[n0:n1], c, self.kernel, self.kernel, self.stride, self.pad,
+                           self.ho, self.wo)
+            if n0 == 0:
+                np.matmul(c.T, d, out=gw)
+            else:
+                np.matmul(c.T, d, out=part)
+                gw += part
+            if dx is not None:  # the chunk's columns are used: reuse them for d(cols)
+                np.matmul(d, w2d.T, out=c)
+                kernels.col2im(c, dx[n0:n1], self.kernel, self.kernel, self.stride, self.pad,
+                               self.ho, self.wo)
         return dx
 
     def describe(self):

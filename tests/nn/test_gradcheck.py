@@ -27,12 +27,18 @@ CONV_CASES = [
     ((6, 6, 1), dict(filters=2, kernel=5, stride=1, pad=2)),
     ((5, 7, 3), dict(filters=2, kernel=1, stride=1, pad=0)),
     ((9, 9, 2), dict(filters=2, kernel=3, stride=3, pad=0)),
+    # 3x3 stride 1 with an even output: the Winograd path (the cases above take im2col)
+    ((6, 6, 3), dict(filters=4, kernel=3, stride=1, pad=1)),
+    ((6, 8, 2), dict(filters=3, kernel=3, stride=1, pad=0)),
+    ((4, 4, 2), dict(filters=2, kernel=3, stride=1, pad=2)),
 ]
 
 
 @pytest.mark.parametrize("in_shape,spec", CONV_CASES)
 def test_conv(in_shape, spec):
     layer = built(dict(type="conv", **spec), in_shape)
+    winograd = spec["kernel"] == 3 and spec["stride"] == 1 and layer.out_shape[0] % 2 == 0
+    assert layer.algorithm == ("winograd" if winograd else "im2col")
     x = np.random.default_rng(1).standard_normal((2,) + in_shape)
     errs = check_layer(layer, x)
     assert max(errs.values()) < BOUND, errs

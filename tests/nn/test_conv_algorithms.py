@@ -1,0 +1,83 @@
+"""Conv2D's two formulations (Winograd F(2x2,3x3) and im2col + GEMM) compute the same forward
+pass and gradients, whole batch or chunk by chunk of images."""
+
+import numpy as np
+import pytest
+
+from distnn.nn import Sequential, conv, softmax_cross_entropy, winograd
+
+CASES = [  # (per-sample input shape, filters, pad, batch)
+    ((8, 8, 3), 5, 1, 3),
+    ((6, 10, 4), 2, 0, 2),
+    ((10, 6, 2), 3, 2, 5),
+    ((32, 32, 3), 16, 1, 2),
+]
+
+
+def run(in_shape, filters, pad, batch, dtype, algorithm):
+    """Output and flat gradients of conv-relu-conv (the first conv computes no input gradient,
+    the second one does) with every conv forced to `algorithm`."""
+    spec = [dict(type="conv", filters=filters, kernel=3, pad=pad), dict(type="relu"),
+            dict(type="conv", filters=filters, kernel=3, pad=pad)]
+    model = Sequential(spec, in_shape, seed=1, dtype=dtype)
+    convs = [layer for layer in model.layers if layer.kind == "conv"]
+    assert all(layer.algorithm == "winograd" for layer in convs)  # 3x3/1, even outputs
+    for layer in convs:
+        layer.algorithm = algorithm
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch,) + in_shape).astype(dtype)
+    out = model.forward(x, True).copy()
+    model.backward(rng.standard_normal(out.shape).astype(dtype))
+    return out, model.grads.copy()
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 2e-6)])
+@pytest.mark.parametrize("in_shape,filters,pad,batch", CASES)
+def test_winograd_equals_im2col(in_shape, filters, pad, batch, dtype, tol):
+    out_w, grad_w = run(in_shape, filters, pad, batch, dtype, "winograd")
+    out_i, grad_i = run(in_shape, filters, pad, batch, dtype, "im2col")
+    assert np.abs(out_w - out_i).max() <= tol * np.abs(out_i).max()
+    assert np.abs(grad_w - grad_i).max() <= tol * np.abs(grad_i).max()
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "im2col"])
+def test_chunking_does_not_change_results(monkeypatch, algorithm):
+    whole = run((8, 8, 3), 4, 1, 5, np.float64, algorithm)
+    monkeypatch.setattr(conv, "CHUNK_TILES", 1)  # one image per chunk
+    monkeypatch.setattr(conv, "CHUNK_ROWS", 1)
+    chunked = run((8, 8, 3), 4, 1, 5, np.float64, algorithm)
+    np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-12, atol=1e-13)
+
+
+def test_odd_output_or_other_shapes_use_im2col():
+    assert winograd.usable(3, 1, 8, 8)
+    assert not winograd.usable(3, 1, 7, 8) and not winograd.usable(3, 2, 8, 8)
+    assert not winograd.usable(5, 1, 8, 8)
+
+
+def test_padded_tiles_is_odd_and_large_enough():
+    for tiles in (1, 2, 16, 255, 256, 1024):
+        rows = winograd.padded_tiles(tiles)
+        assert rows >= tiles and rows % 2 == 1 and rows - tiles <= 1
+
+
+def test_first_layer_input_may_change_after_forward():
+    """The first conv keeps its own copy of the images: a caller reusing the input array (a
+    prefetching loader) between forward and backward cannot change the gradients."""
+    spec = [dict(type="conv", filters=4, kernel=3, pad=1), dict(type="flatten"),
+            dict(type="dense", units=3)]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 6, 6, 2))
+    y = np.array([0, 2])
+    grads = []
+    for clobber in (False, True):
+        model = Sequential(spec, (6, 6, 2), seed=4, dtype=np.float64)
+        xx = x.copy()
+        scores = model.forward(xx, True)
+        if clobber:
+            xx[...] = 0.0
+        _, dscores = softmax_cross_entropy(scores, y)
+        model.backward(dscores)
+        grads.append(model.grads.copy())
+    np.testing.assert_array_equal(grads[0], grads[1])
