@@ -46,8 +46,10 @@ class Conv2D(Layer):
         self.ho = kernels.output_size(h, k, s, p, f"{self.name} height")
         self.wo = kernels.output_size(w, k, s, p, f"{self.name} width")
         self.k2 = k * k * c
-        # F(2x2, 3x3) Winograd where it applies (2.25x fewer multiplies), else im2col + GEMM.
-        self.algorithm = "winograd" if winograd.usable(k, s, self.ho, self.wo) else "im2col"
+        # F(2x2, 3x3) Winograd where it applies and pays (2.25x fewer multiplies), else
+        # im2col + GEMM. Both compute the same function (tests/nn/test_conv_algorithms.py).
+        fast = winograd.usable(k, s, self.ho, self.wo) and winograd.worthwhile(c, self.filters)
+        self.algorithm = "winograd" if fast else "im2col"
         return (self.ho, self.wo, self.filters)
 
     def param_shapes(self):

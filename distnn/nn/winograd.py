@@ -28,10 +28,21 @@ _JIT = dict(cache=True, fastmath=False, boundscheck=False)
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
+# Below this many input channels or filters the 16 GEMMs are too thin to pay for the
+# transforms: im2col + GEMM is faster (measured with benchmarks/step_throughput.py --profile:
+# 3->32 and 10->10 convs at 32x32 are 25-30 % slower as Winograd, 32->32 is 2x faster).
+MIN_CHANNELS = 16
+
+
 def usable(kernel: int, stride: int, ho: int, wo: int) -> bool:
     """Whether a convolution has the shape F(2x2, 3x3) covers exactly: 3x3, stride 1, even
     output height and width (any padding)."""
     return kernel == 3 and stride == 1 and ho % 2 == 0 and wo % 2 == 0
+
+
+def worthwhile(channels: int, filters: int) -> bool:
+    """Whether Winograd is expected to beat im2col + GEMM for this many channels and filters."""
+    return min(channels, filters) >= MIN_CHANNELS
 
 
 def padded_tiles(tiles: int) -> int:

@@ -21,7 +21,7 @@ def run(in_shape, filters, pad, batch, dtype, algorithm):
             dict(type="conv", filters=filters, kernel=3, pad=pad)]
     model = Sequential(spec, in_shape, seed=1, dtype=dtype)
     convs = [layer for layer in model.layers if layer.kind == "conv"]
-    assert all(layer.algorithm == "winograd" for layer in convs)  # 3x3/1, even outputs
+    assert all(winograd.usable(3, 1, *layer.out_shape[:2]) for layer in convs)
     for layer in convs:
         layer.algorithm = algorithm
     rng = np.random.default_rng(0)
@@ -50,10 +50,15 @@ def test_chunking_does_not_change_results(monkeypatch, algorithm):
     np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-12, atol=1e-13)
 
 
-def test_odd_output_or_other_shapes_use_im2col():
+def test_algorithm_choice():
     assert winograd.usable(3, 1, 8, 8)
     assert not winograd.usable(3, 1, 7, 8) and not winograd.usable(3, 2, 8, 8)
     assert not winograd.usable(5, 1, 8, 8)
+    model = Sequential([dict(type="conv", filters=32, kernel=3, pad=1),
+                        dict(type="conv", filters=32, kernel=3, pad=1),
+                        dict(type="conv", filters=32, kernel=2, stride=2)], (8, 8, 3), seed=0)
+    # 3 input channels: im2col; 32 -> 32, 3x3/1, even output: Winograd; 2x2/2: im2col
+    assert [layer.algorithm for layer in model.layers] == ["im2col", "winograd", "im2col"]
 
 
 def test_padded_tiles_is_odd_and_large_enough():

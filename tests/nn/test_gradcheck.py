@@ -7,6 +7,7 @@ maxout) are checked on inputs kept away from their kinks, with the same bound.
 import numpy as np
 import pytest
 
+from distnn.nn import winograd
 from distnn.nn import check_layer, numerical_grad, rel_error, softmax_cross_entropy, svm_hinge
 from tests.nn.helpers import built
 
@@ -37,11 +38,15 @@ CONV_CASES = [
 @pytest.mark.parametrize("in_shape,spec", CONV_CASES)
 def test_conv(in_shape, spec):
     layer = built(dict(type="conv", **spec), in_shape)
-    winograd = spec["kernel"] == 3 and spec["stride"] == 1 and layer.out_shape[0] % 2 == 0
-    assert layer.algorithm == ("winograd" if winograd else "im2col")
+    # Where Winograd applies, check it as well as im2col (small channel counts default to
+    # im2col, so force each).
+    usable = winograd.usable(spec["kernel"], spec["stride"], *layer.out_shape[:2])
+    assert usable == (spec["kernel"] == 3 and spec["stride"] == 1 and layer.out_shape[0] % 2 == 0)
     x = np.random.default_rng(1).standard_normal((2,) + in_shape)
-    errs = check_layer(layer, x)
-    assert max(errs.values()) < BOUND, errs
+    for algorithm in ("im2col", "winograd") if usable else ("im2col",):
+        layer.algorithm = algorithm
+        errs = check_layer(layer, x)
+        assert max(errs.values()) < BOUND, (algorithm, errs)
 
 
 def test_fused_conv_relu_equals_separate_layers():
