@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.train.runs import BIN, metrics, params, wait_for, write_config
+from tests.train.runs import BIN, metrics, mpiexec, params, run, wait_for, write_config
 
 pytest.importorskip("ray", reason="ray not installed (pip install 'distnn[ray]')")
 
@@ -150,6 +150,30 @@ def test_killed_actor_is_replaced_and_resumes_bit_identical(head, tmp_path):
     assert re.search(rf"worker rank 1 \(pid {pid} on .*\) died .*restarting the worker group "
                      rf"\(1 of --max-failures 1\), resuming from .*last\.h5", text), text
     assert [m["step"] for m in metrics(rd) if m["split"] == "val"][-1] == 3 * 469
+    a, b = params(tmp_path / "straight/checkpoints/last.h5"), params(rd / "checkpoints/last.h5")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("first,then", [("mpi", "ray"), ("ray", "mpi")])
+def test_checkpoint_moves_between_mpi_and_ray(head, tmp_path, first, then):
+    """Epoch 1 on one backend, epoch 2 resumed from its last.h5 on the other: bit-identical to
+    2 epochs in one go (constant learning rate, so the epoch count changes nothing else)."""
+    mpiexec()
+    cfg = write_config(tmp_path / "c.yaml", train={"epochs": 2, "global_batch": 32})
+
+    def train(backend, rd, *extra):
+        if backend == "mpi":
+            out = run(["train", str(cfg), "--run-dir", str(rd), *extra], ranks=2)
+        else:
+            out = ray_train(head, cfg, rd, *extra)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out
+
+    train(first, tmp_path / "straight")
+    rd = tmp_path / "moved"
+    train(first, rd, "--set", "train.epochs=1")
+    train(then, rd, "--resume", "auto", "--set", "train.epochs=2")
+    assert [m["epoch"] for m in metrics(rd) if m["split"] == "val"] == [0, 1]
     a, b = params(tmp_path / "straight/checkpoints/last.h5"), params(rd / "checkpoints/last.h5")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
