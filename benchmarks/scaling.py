@@ -31,16 +31,22 @@ CIFAR = [
 
 
 def distnn_worker(batch: int, steps: int) -> dict:
-    """One rank: timed training steps of the real DataParallelStep; returns rank-0 figures."""
+    """One MPI rank (or the only process): see timed_steps."""
+    from distnn.comm import create_communicator, detect_backend
+
+    return timed_steps(create_communicator(detect_backend()), batch, steps)
+
+
+def timed_steps(comm, batch: int, steps: int) -> dict:
+    """Timed training steps of the real DataParallelStep on `comm` (any backend), one BLAS
+    thread, then the allreduce of the gradient buffer alone; returns this rank's figures."""
     import numpy as np
     from threadpoolctl import threadpool_limits
 
-    from distnn.comm import create_communicator, detect_backend
     from distnn.nn import Sequential
     from distnn.optim import make_optimizer
     from distnn.train.step import EXTRA_SLOTS, DataParallelStep
 
-    comm = create_communicator(detect_backend())
     with threadpool_limits(1):
         model = Sequential(CIFAR, (32, 32, 3), seed=0, extra_grad_slots=EXTRA_SLOTS)
         step = DataParallelStep(model, make_optimizer("momentum", mu=0.9), comm)
