@@ -1,10 +1,11 @@
-"""2-D convolution in NHWC as im2col (Numba) + GEMM (BLAS), chunk by chunk of images."""
+"""2-D convolution in NHWC: im2col (Numba) + GEMM (BLAS) chunk by chunk of images, Winograd
+F(2x2, 3x3) for wide 3x3 convs, or a direct Numba kernel for thin 3x3 convs."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from distnn.nn import kernels, winograd
+from distnn.nn import direct, kernels, winograd
 from distnn.nn.base import Layer
 from distnn.nn.errors import ShapeError, SpecError
 from distnn.nn.init import fill_normal, init_std
@@ -46,10 +47,15 @@ class Conv2D(Layer):
         self.ho = kernels.output_size(h, k, s, p, f"{self.name} height")
         self.wo = kernels.output_size(w, k, s, p, f"{self.name} width")
         self.k2 = k * k * c
-        # F(2x2, 3x3) Winograd where it applies and pays (2.25x fewer multiplies), else
-        # im2col + GEMM. Both compute the same function (tests/nn/test_conv_algorithms.py).
-        fast = winograd.usable(k, s, self.ho, self.wo) and winograd.worthwhile(c, self.filters)
-        self.algorithm = "winograd" if fast else "im2col"
+        # F(2x2, 3x3) Winograd where it applies and pays (2.25x fewer multiplies), the direct
+        # kernel for thin 3x3 convs, else im2col + GEMM. All three compute the same function
+        # (tests/nn/test_conv_algorithms.py).
+        if winograd.usable(k, s, self.ho, self.wo) and winograd.worthwhile(c, self.filters):
+            self.algorithm = "winograd"
+        elif direct.usable(k, s, p) and direct.worthwhile(c, self.filters):
+            self.algorithm = "direct"
+        else:
+            self.algorithm = "im2col"
         return (self.ho, self.wo, self.filters)
 
     def param_shapes(self):
@@ -74,6 +80,8 @@ class Conv2D(Layer):
         self.check_input(x)
         if self.algorithm == "winograd":
             self._winograd_forward(x)
+        elif self.algorithm == "direct":
+            self._direct_forward(x)
         else:
             self._im2col_forward(x)
         # Backward rebuilds each chunk's columns (or tiles) from x: it must not change before
@@ -100,6 +108,33 @@ class Conv2D(Layer):
                            self.ho, self.wo)
             np.matmul(c, w2d, out=o)
             kernels.bias_relu_(o, self.p["b"], self.fuse_relu)
+
+    def _direct_buffers(self):
+        shapes = direct.buffer_shapes(self.in_shape, self.filters, self.pad)
+        return {key: self.buffer("direct_" + key, shape) for key, shape in shapes.items()}
+
+    def _direct_forward(self, x):
+        n, c, f = x.shape[0], self.in_shape[2], self.filters
+        out = self.buffer("out", (n, self.ho, self.wo, f))
+        wf = self.buffer("Wf", (c, 3, 3, f))
+        wf[...] = self.p["W"].transpose(2, 0, 1, 3)
+        buf = self._direct_buffers()
+        direct.forward(x, wf, self.p["b"], out, self.fuse_relu, self.pad, buf["a"],
+                       buf["o_even"], buf["o_odd"])
+
+    def _direct_backward(self, dout2d):
+        x, c, f = self._x, self.in_shape[2], self.filters
+        n = x.shape[0]
+        wb = self.buffer("Wb", (f, 3, 3, c))  # flipped in space, channels <-> filters
+        wb[...] = self.p["W"][::-1, ::-1].transpose(3, 0, 1, 2)
+        dw = self.buffer("dWf", (c, 3, 3, f))
+        dx = self.buffer("dx", (n,) + self.in_shape) if self.input_grad else \
+            self.buffer("dx_unused", (0,) + self.in_shape)
+        buf = self._direct_buffers()
+        direct.backward(x, dout2d.reshape(n, self.ho, self.wo, f), wb, dw, dx, self.input_grad,
+                        self.pad, buf["a"], buf["dz"], buf["ox_even"], buf["ox_odd"])
+        self.g["W"][...] = dw.transpose(1, 2, 0, 3)
+        return dx if self.input_grad else None
 
     def _tiles_chunk(self, n: int) -> int:
         """Images per Winograd chunk: about CHUNK_TILES tiles (see _chunk)."""
@@ -172,6 +207,8 @@ class Conv2D(Layer):
         kernels.relu_mask_bias_grad_(dout2d, out2d, self.g["b"], self.fuse_relu)
         if self.algorithm == "winograd":
             return self._winograd_backward(dout2d)
+        if self.algorithm == "direct":
+            return self._direct_backward(dout2d)
         w2d = self.p["W"].reshape(self.k2, f)
         gw = self.g["W"].reshape(self.k2, f)
         part = self.buffer("gw_part", (self.k2, f))

@@ -1,10 +1,10 @@
-"""Conv2D's two formulations (Winograd F(2x2,3x3) and im2col + GEMM) compute the same forward
-pass and gradients, whole batch or chunk by chunk of images."""
+"""Conv2D's three formulations (Winograd F(2x2,3x3), the direct 3x3 kernel and im2col + GEMM)
+compute the same forward pass and gradients, whole batch or chunk by chunk of images."""
 
 import numpy as np
 import pytest
 
-from distnn.nn import Sequential, conv, softmax_cross_entropy, winograd
+from distnn.nn import Sequential, conv, direct, softmax_cross_entropy, winograd
 
 CASES = [  # (per-sample input shape, filters, pad, batch)
     ((8, 8, 3), 5, 1, 3),
@@ -21,7 +21,6 @@ def run(in_shape, filters, pad, batch, dtype, algorithm):
             dict(type="conv", filters=filters, kernel=3, pad=pad)]
     model = Sequential(spec, in_shape, seed=1, dtype=dtype)
     convs = [layer for layer in model.layers if layer.kind == "conv"]
-    assert all(winograd.usable(3, 1, *layer.out_shape[:2]) for layer in convs)
     for layer in convs:
         layer.algorithm = algorithm
     rng = np.random.default_rng(0)
@@ -40,6 +39,46 @@ def test_winograd_equals_im2col(in_shape, filters, pad, batch, dtype, tol):
     assert np.abs(grad_w - grad_i).max() <= tol * np.abs(grad_i).max()
 
 
+# Every channel/filter parity (the direct kernel takes filters two at a time), each padding it
+# takes, rectangular and odd-sized maps.
+DIRECT_CASES = [  # (per-sample input shape, filters, pad, batch)
+    ((7, 9, 10), 10, 1, 3),
+    ((6, 5, 3), 7, 0, 2),
+    ((5, 8, 4), 1, 2, 2),
+    ((9, 6, 1), 2, 1, 4),
+    ((32, 32, 3), 10, 1, 2),
+]
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 2e-6)])
+@pytest.mark.parametrize("in_shape,filters,pad,batch", DIRECT_CASES + CASES)
+def test_direct_equals_im2col(in_shape, filters, pad, batch, dtype, tol):
+    out_d, grad_d = run(in_shape, filters, pad, batch, dtype, "direct")
+    out_i, grad_i = run(in_shape, filters, pad, batch, dtype, "im2col")
+    assert np.abs(out_d - out_i).max() <= tol * np.abs(out_i).max()
+    assert np.abs(grad_d - grad_i).max() <= tol * np.abs(grad_i).max()
+
+
+def test_direct_reuses_dirty_buffers():
+    """A second step on other data (the work buffers are reused, not cleared by the caller)
+    gives what a fresh model gives."""
+    first = run((6, 7, 3), 5, 1, 2, np.float64, "direct")
+    spec = [dict(type="conv", filters=5, kernel=3, pad=1), dict(type="relu"),
+            dict(type="conv", filters=5, kernel=3, pad=1)]
+    model = Sequential(spec, (6, 7, 3), seed=1, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 7, 3))
+    dout = rng.standard_normal((2, 6, 7, 5))  # the same draws as run()
+    other = np.random.default_rng(9).standard_normal((2, 6, 7, 3))
+    model.forward(10.0 * other, True)  # dirties every work buffer first
+    model.backward(np.ones((2, 6, 7, 5)))
+    out = model.forward(x, True).copy()
+    model.backward(dout)
+    assert [layer.algorithm for layer in model.layers if layer.kind == "conv"] == ["direct"] * 2
+    np.testing.assert_array_equal(out, first[0])
+    np.testing.assert_array_equal(model.grads, first[1])
+
+
 @pytest.mark.parametrize("algorithm", ["winograd", "im2col"])
 def test_chunking_does_not_change_results(monkeypatch, algorithm):
     whole = run((8, 8, 3), 4, 1, 5, np.float64, algorithm)
@@ -54,11 +93,19 @@ def test_algorithm_choice():
     assert winograd.usable(3, 1, 8, 8)
     assert not winograd.usable(3, 1, 7, 8) and not winograd.usable(3, 2, 8, 8)
     assert not winograd.usable(5, 1, 8, 8)
+    assert direct.usable(3, 1, 0) and direct.usable(3, 1, 2)
+    assert not direct.usable(3, 1, 3) and not direct.usable(3, 2, 1) and not direct.usable(5, 1, 2)
     model = Sequential([dict(type="conv", filters=32, kernel=3, pad=1),
                         dict(type="conv", filters=32, kernel=3, pad=1),
                         dict(type="conv", filters=32, kernel=2, stride=2)], (8, 8, 3), seed=0)
-    # 3 input channels: im2col; 32 -> 32, 3x3/1, even output: Winograd; 2x2/2: im2col
-    assert [layer.algorithm for layer in model.layers] == ["im2col", "winograd", "im2col"]
+    # 3 input channels: direct; 32 -> 32, 3x3/1, even output: Winograd; 2x2/2: im2col
+    assert [layer.algorithm for layer in model.layers] == ["direct", "winograd", "im2col"]
+    seed = Sequential([dict(type="conv", filters=10, kernel=3, pad=1),
+                       dict(type="conv", filters=10, kernel=3, pad=1),
+                       dict(type="conv", filters=32, kernel=3, pad=1),  # 10 channels: thin
+                       dict(type="conv", filters=8, kernel=3, pad=3),  # padding 3: im2col
+                       dict(type="conv", filters=8, kernel=5, pad=2)], (8, 8, 3), seed=0)
+    assert [layer.algorithm for layer in seed.layers] == ["direct"] * 3 + ["im2col"] * 2
 
 
 def test_padded_tiles_is_odd_and_large_enough():

@@ -7,7 +7,7 @@ maxout) are checked on inputs kept away from their kinks, with the same bound.
 import numpy as np
 import pytest
 
-from distnn.nn import winograd
+from distnn.nn import direct, winograd
 from distnn.nn import check_layer, numerical_grad, rel_error, softmax_cross_entropy, svm_hinge
 from tests.nn.helpers import built
 
@@ -32,18 +32,23 @@ CONV_CASES = [
     ((6, 6, 3), dict(filters=4, kernel=3, stride=1, pad=1)),
     ((6, 8, 2), dict(filters=3, kernel=3, stride=1, pad=0)),
     ((4, 4, 2), dict(filters=2, kernel=3, stride=1, pad=2)),
+    # 3x3 stride 1 with an odd output: the direct path but not Winograd
+    ((5, 6, 3), dict(filters=5, kernel=3, stride=1, pad=0)),
 ]
 
 
 @pytest.mark.parametrize("in_shape,spec", CONV_CASES)
 def test_conv(in_shape, spec):
     layer = built(dict(type="conv", **spec), in_shape)
-    # Where Winograd applies, check it as well as im2col (small channel counts default to
-    # im2col, so force each).
+    # Check every algorithm that applies (the default for a shape depends on its channel
+    # counts, so force each).
+    three = spec["kernel"] == 3 and spec["stride"] == 1
     usable = winograd.usable(spec["kernel"], spec["stride"], *layer.out_shape[:2])
-    assert usable == (spec["kernel"] == 3 and spec["stride"] == 1 and layer.out_shape[0] % 2 == 0)
+    assert usable == (three and layer.out_shape[0] % 2 == 0)
+    assert direct.usable(spec["kernel"], spec["stride"], spec["pad"]) == three
+    algorithms = ["im2col"] + ["winograd"] * usable + ["direct"] * three
     x = np.random.default_rng(1).standard_normal((2,) + in_shape)
-    for algorithm in ("im2col", "winograd") if usable else ("im2col",):
+    for algorithm in algorithms:
         layer.algorithm = algorithm
         errs = check_layer(layer, x)
         assert max(errs.values()) < BOUND, (algorithm, errs)
