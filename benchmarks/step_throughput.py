@@ -187,14 +187,16 @@ def profile(model, batch: int, update, reps: int = 5) -> dict:
 
 
 def print_profile(rows: dict, model) -> None:
-    desc = {layer.name: layer.describe() for layer in model.layers}
+    desc = {layer.name: layer.describe() + (f" {layer.algorithm}" if layer.kind == "conv" else "")
+            for layer in model.layers}
     ms = {name: (r["forward_ms"], r["backward_ms"]) for name, r in rows.items()}
     total = sum(f + b for f, b in ms.values())
-    print(f"\n{'layer':<12}{'':<30}{'fwd ms':>9}{'bwd ms':>9}{'sum ms':>9}{'share':>8}")
+    print(f"\n{'layer':<12}{'(convs: the algorithm)':<34}"
+          f"{'fwd ms':>9}{'bwd ms':>9}{'sum ms':>9}{'share':>8}")
     for name, (f, b) in sorted(ms.items(), key=lambda kv: -sum(kv[1])):
-        print(f"{name:<12}{desc.get(name, '')[:29]:<30}{f:>9.2f}{b:>9.2f}{f + b:>9.2f}"
+        print(f"{name:<12}{desc.get(name, '')[:33]:<34}{f:>9.2f}{b:>9.2f}{f + b:>9.2f}"
               f"{100 * (f + b) / total:>7.1f}%")
-    print(f"{'total':<42}{sum(f for f, _ in ms.values()):>9.2f}"
+    print(f"{'total':<46}{sum(f for f, _ in ms.values()):>9.2f}"
           f"{sum(b for _, b in ms.values()):>9.2f}{total:>9.2f}")
 
 

@@ -66,12 +66,15 @@ class Layer:
                 f"{self.name}: input shape {x.shape}, expected (N,) + {self.in_shape}"
             )
 
-    def buffer(self, key: str, shape: tuple[int, ...], dtype=None) -> np.ndarray:
-        """A work buffer reused across steps while the shape stays the same (no per-step malloc)."""
+    def buffer(self, key: str, shape: tuple[int, ...], dtype=None,
+               zero: bool = False) -> np.ndarray:
+        """A work buffer reused across steps while the shape stays the same (no per-step malloc).
+        With `zero`, a newly allocated buffer starts zeroed (for kernels that never write some
+        of it, such as padding); a reused one is returned as the last step left it."""
         dtype = self.dtype if dtype is None else np.dtype(dtype)
         buf = self._scratch.get(key)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = np.empty(shape, dtype=dtype)
+            buf = (np.zeros if zero else np.empty)(shape, dtype=dtype)
             self._scratch[key] = buf
         return buf
 

@@ -86,8 +86,8 @@ class Conv2D(Layer):
             self._im2col_forward(x)
         # Backward rebuilds each chunk's columns (or tiles) from x: it must not change before
         # then. The model's own buffers do not; the caller's input array (first layer) might:
-        # keep a copy.
-        if not self.input_grad:
+        # keep a copy. (The direct form keeps its own padded copy of x.)
+        if not self.input_grad and self.algorithm != "direct":
             keep = self.buffer("x", x.shape)
             keep[...] = x
             x = keep
@@ -109,30 +109,33 @@ class Conv2D(Layer):
             np.matmul(c, w2d, out=o)
             kernels.bias_relu_(o, self.p["b"], self.fuse_relu)
 
-    def _direct_buffers(self):
-        shapes = direct.buffer_shapes(self.in_shape, self.filters, self.pad)
-        return {key: self.buffer("direct_" + key, shape) for key, shape in shapes.items()}
+    def _direct_buffers(self, n: int):
+        shapes = direct.buffer_shapes(n, self.in_shape, self.filters, self.pad)
+        # planar and dz: the kernels never write their zero padding
+        return {key: self.buffer("direct_" + key, shape, zero=key in ("planar", "dz"))
+                for key, shape in shapes.items()}
 
     def _direct_forward(self, x):
         n, c, f = x.shape[0], self.in_shape[2], self.filters
         out = self.buffer("out", (n, self.ho, self.wo, f))
         wf = self.buffer("Wf", (c, 3, 3, f))
         wf[...] = self.p["W"].transpose(2, 0, 1, 3)
-        buf = self._direct_buffers()
-        direct.forward(x, wf, self.p["b"], out, self.fuse_relu, self.pad, buf["a"],
+        buf = self._direct_buffers(n)
+        direct.forward(x, wf, self.p["b"], out, self.fuse_relu, self.pad, buf["planar"],
                        buf["o_even"], buf["o_odd"])
 
-    def _direct_backward(self, dout2d):
-        x, c, f = self._x, self.in_shape[2], self.filters
-        n = x.shape[0]
+    def _direct_backward(self, dout):
+        c, f = self.in_shape[2], self.filters
+        n = dout.shape[0]
         wb = self.buffer("Wb", (f, 3, 3, c))  # flipped in space, channels <-> filters
         wb[...] = self.p["W"][::-1, ::-1].transpose(3, 0, 1, 2)
         dw = self.buffer("dWf", (c, 3, 3, f))
         dx = self.buffer("dx", (n,) + self.in_shape) if self.input_grad else \
             self.buffer("dx_unused", (0,) + self.in_shape)
-        buf = self._direct_buffers()
-        direct.backward(x, dout2d.reshape(n, self.ho, self.wo, f), wb, dw, dx, self.input_grad,
-                        self.pad, buf["a"], buf["dz"], buf["ox_even"], buf["ox_odd"])
+        buf = self._direct_buffers(n)
+        direct.backward(buf["planar"], dout, self._scratch["out"], self.fuse_relu, wb, dw,
+                        self.g["b"], dx, self.input_grad, self.pad, buf["dz"], buf["ox_even"],
+                        buf["ox_odd"])
         self.g["W"][...] = dw.transpose(1, 2, 0, 3)
         return dx if self.input_grad else None
 
@@ -198,6 +201,8 @@ class Conv2D(Layer):
         return dx
 
     def backward(self, dout):
+        if self.algorithm == "direct":  # masks the ReLU and sums the bias gradient itself
+            return self._direct_backward(dout)
         x, f, hw = self._x, self.filters, self.ho * self.wo
         n = x.shape[0]
         dout2d = dout.reshape(n * hw, f)
@@ -207,8 +212,6 @@ class Conv2D(Layer):
         kernels.relu_mask_bias_grad_(dout2d, out2d, self.g["b"], self.fuse_relu)
         if self.algorithm == "winograd":
             return self._winograd_backward(dout2d)
-        if self.algorithm == "direct":
-            return self._direct_backward(dout2d)
         w2d = self.p["W"].reshape(self.k2, f)
         gw = self.g["W"].reshape(self.k2, f)
         part = self.buffer("gw_part", (self.k2, f))
