@@ -6,7 +6,8 @@
 A step: forward, softmax cross-entropy, backward, momentum-SGD update (mu 0.9); float32; random
 CIFAR-shaped input (distnn NHWC (N,32,32,3), torch NCHW (N,3,32,32)), 10 classes. Both run in
 this process in alternating rounds (noise hits both alike); medians are reported, ratio =
-distnn img/s / torch img/s. Threads: threadpoolctl (BLAS, OpenMP), numba and torch set_num_threads.
+distnn img/s / torch img/s. Threads: threadpoolctl (BLAS, OpenMP), numba, distnn.nn.threads
+(the conv layers' threads) and torch set_num_threads.
 The distnn update is distnn.optim's "momentum" rule if it passes a two-step check, else an inline
 in-place update over the flat buffers (JSON "optimizer" says which). torch: the `bench` extra
 (`pip install torch==2.13.0`); without it the torch fields are null. --profile: per-layer distnn
@@ -222,9 +223,12 @@ def measure(args) -> dict:
     import numba
     from threadpoolctl import threadpool_info, threadpool_limits
 
+    from distnn.nn import threads as nn_threads
+
     peak_rss_mb = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    with threadpool_limits(limits=args.threads):
+    # distnn: its own threads, BLAS on one (nn_threads.limit); torch: set_num_threads below.
+    with threadpool_limits(limits=args.threads), nn_threads.limit(args.threads):
         d_step, model, update, how = distnn_step(args.model, args.batch)
         timed(d_step, 1)  # Numba compiles before the RSS reading and before torch loads
         out = {"model_obj": model, "optimizer": how, "rss_before_torch": peak_rss_mb()}
@@ -242,6 +246,8 @@ def measure(args) -> dict:
                                                    args.settle)
         out["blas"] = [{k: i.get(k) for k in ("internal_api", "architecture", "version",
                                                 "num_threads")} for i in threadpool_info()]
+        if args.profile:
+            time.sleep(args.settle)  # torch's worker threads may still be spinning
         out["profile"] = profile(model, args.batch, update) if args.profile else None
         out["rss"] = peak_rss_mb()
         out["gemm"] = sgemm_gflops(args.batch) if args.gemm else None

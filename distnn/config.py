@@ -39,7 +39,7 @@ class TrainConfig:
     eval_every_steps: int = 0  # validate every n steps as well as every epoch (0: epochs only)
     consistency_every: int = 200  # compare a parameter checksum across ranks every n steps
     divergence_factor: float = 3.0  # stop when the loss exceeds this times the initial loss
-    threads: int = 0  # BLAS threads per rank (0: cores / ranks, at least 1)
+    threads: int = 0  # threads per rank for the layers (0: cores / ranks, at least 1)
 
 
 @dataclass(frozen=True)

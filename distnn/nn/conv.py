@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distnn.nn import direct, kernels, winograd
+from distnn.nn import direct, kernels, threads, winograd
 from distnn.nn.base import Layer
 from distnn.nn.errors import ShapeError, SpecError
 from distnn.nn.init import fill_normal, init_std
@@ -94,48 +94,90 @@ class Conv2D(Layer):
         self._x = x
         return self._scratch["out"]
 
+    # Chunks of images run as tasks on distnn.nn.threads (one thread unless set otherwise);
+    # each worker has its own scratch buffers ("<name><worker>"), each group of chunks its own
+    # partial weight gradient, summed in group order (see threads.py).
+
+    @staticmethod
+    def _chunks(n: int, step: int) -> list[tuple[int, int]]:
+        return [(n0, min(n, n0 + step)) for n0 in range(0, n, step)]
+
+    def _per_worker(self, key: str, shape, workers: int, zero: bool = False) -> list:
+        return [self.buffer(f"{key}{w}", shape, zero=zero) for w in range(workers)]
+
+    @staticmethod
+    def _sum_groups(parts, out) -> None:
+        """out = parts[0] + parts[1] + ... in this order (whatever the thread count)."""
+        out[...] = parts[0]
+        for part in parts[1:]:
+            out += part
+
     def _im2col_forward(self, x):
         n, f, hw = x.shape[0], self.filters, self.ho * self.wo
         out = self.buffer("out", (n, self.ho, self.wo, f))
         out2d = out.reshape(n * hw, f)
-        w2d = self.p["W"].reshape(self.k2, f)
+        w2d, b = self.p["W"].reshape(self.k2, f), self.p["b"]
         step = self._chunk(n)
-        cols = self.buffer("cols", (step * hw, self.k2))
-        for n0 in range(0, n, step):
-            n1 = min(n, n0 + step)
-            c, o = cols[:(n1 - n0) * hw], out2d[n0 * hw:n1 * hw]
+        chunks = self._chunks(n, step)
+        cols = self._per_worker("cols", (step * hw, self.k2), threads.workers(len(chunks)))
+
+        def job(w, i):
+            n0, n1 = chunks[i]
+            c, o = cols[w][:(n1 - n0) * hw], out2d[n0 * hw:n1 * hw]
             kernels.im2col(x[n0:n1], c, self.kernel, self.kernel, self.stride, self.pad,
                            self.ho, self.wo)
             np.matmul(c, w2d, out=o)
-            kernels.bias_relu_(o, self.p["b"], self.fuse_relu)
+            kernels.bias_relu_(o, b, self.fuse_relu)
 
-    def _direct_buffers(self, n: int):
-        shapes = direct.buffer_shapes(n, self.in_shape, self.filters, self.pad)
-        # planar and dz: the kernels never write their zero padding
-        return {key: self.buffer("direct_" + key, shape, zero=key in ("planar", "dz"))
-                for key, shape in shapes.items()}
+        threads.run(job, range(len(chunks)))
 
     def _direct_forward(self, x):
         n, c, f = x.shape[0], self.in_shape[2], self.filters
         out = self.buffer("out", (n, self.ho, self.wo, f))
         wf = self.buffer("Wf", (c, 3, 3, f))
         wf[...] = self.p["W"].transpose(2, 0, 1, 3)
-        buf = self._direct_buffers(n)
-        direct.forward(x, wf, self.p["b"], out, self.fuse_relu, self.pad, buf["planar"],
-                       buf["o_even"], buf["o_odd"])
+        shapes = direct.buffer_shapes(n, self.in_shape, f, self.pad)
+        # The kernels never write the zero padding of planar (and dz).
+        planar = self.buffer("planar", shapes["planar"], zero=True)
+        groups = threads.groups(n)  # chunks of one image
+        k = threads.workers(len(groups))
+        even = self._per_worker("o_even", shapes["o_even"], k)
+        odd = self._per_worker("o_odd", shapes["o_odd"], k)
+
+        def job(w, g):
+            n0, n1 = groups[g]
+            direct.forward(x[n0:n1], wf, self.p["b"], out[n0:n1], self.fuse_relu, self.pad,
+                           planar[n0:n1], even[w], odd[w])
+
+        threads.run(job, range(len(groups)))
 
     def _direct_backward(self, dout):
         c, f = self.in_shape[2], self.filters
         n = dout.shape[0]
         wb = self.buffer("Wb", (f, 3, 3, c))  # flipped in space, channels <-> filters
         wb[...] = self.p["W"][::-1, ::-1].transpose(3, 0, 1, 2)
-        dw = self.buffer("dWf", (c, 3, 3, f))
         dx = self.buffer("dx", (n,) + self.in_shape) if self.input_grad else \
             self.buffer("dx_unused", (0,) + self.in_shape)
-        buf = self._direct_buffers(n)
-        direct.backward(buf["planar"], dout, self._scratch["out"], self.fuse_relu, wb, dw,
-                        self.g["b"], dx, self.input_grad, self.pad, buf["dz"], buf["ox_even"],
-                        buf["ox_odd"])
+        shapes = direct.buffer_shapes(n, self.in_shape, f, self.pad)
+        planar, out = self._scratch["planar"], self._scratch["out"]
+        groups = threads.groups(n)
+        k = threads.workers(len(groups))
+        dz = self._per_worker("dz", shapes["dz"], k, zero=True)
+        even = self._per_worker("ox_even", shapes["ox_even"], k)
+        odd = self._per_worker("ox_odd", shapes["ox_odd"], k)
+        dws = self.buffer("dW_groups", (len(groups), c, 3, 3, f))
+        dbs = self.buffer("db_groups", (len(groups), f))
+
+        def job(w, g):
+            n0, n1 = groups[g]
+            direct.backward(planar[n0:n1], dout[n0:n1], out[n0:n1], self.fuse_relu, wb, dws[g],
+                            dbs[g], dx[n0:n1], self.input_grad, self.pad, dz[w], even[w],
+                            odd[w])
+
+        threads.run(job, range(len(groups)))
+        dw = self.buffer("dWf", (c, 3, 3, f))
+        self._sum_groups(dws, dw)
+        self._sum_groups(dbs, self.g["b"])
         self.g["W"][...] = dw.transpose(1, 2, 0, 3)
         return dx if self.input_grad else None
 
@@ -152,22 +194,30 @@ class Conv2D(Layer):
         winograd.filter_transform(self.p["W"], u, g, self.buffer("u_tmp", (4, 3, c * f)))
         return u
 
+    def _winograd_buffers(self, step: int, workers: int):
+        """Per-worker V (16, rows, C) and M (16, rows, F) for chunks of `step` images."""
+        rows = winograd.padded_tiles(step * (self.ho // 2) * (self.wo // 2))
+        return (self._per_worker("V", (16, rows, self.in_shape[2]), workers),
+                self._per_worker("M", (16, rows, self.filters), workers))
+
     def _winograd_forward(self, x):
-        n, c, f = x.shape[0], self.in_shape[2], self.filters
+        n, f = x.shape[0], self.filters
         th, tw = self.ho // 2, self.wo // 2
         out = self.buffer("out", (n, self.ho, self.wo, f))
         u = self._winograd_u()
         step = self._tiles_chunk(n)
-        rows = winograd.padded_tiles(step * th * tw)
-        v = self.buffer("V", (16, rows, c))
-        m = self.buffer("M", (16, rows, f))
-        for n0 in range(0, n, step):
-            n1 = min(n, n0 + step)
+        chunks = self._chunks(n, step)
+        v, m = self._winograd_buffers(step, threads.workers(len(chunks)))
+
+        def job(w, i):
+            n0, n1 = chunks[i]
             t = (n1 - n0) * th * tw
             # The kernels take the whole (contiguous) buffers and fill the first t tiles.
-            winograd.input_transform(x[n0:n1], v, self.pad, th, tw)
-            np.matmul(v[:, :t], u, out=m[:, :t])
-            winograd.output_transform(m, out[n0:n1], self.p["b"], self.fuse_relu, th, tw)
+            winograd.input_transform(x[n0:n1], v[w], self.pad, th, tw)
+            np.matmul(v[w][:, :t], u, out=m[w][:, :t])
+            winograd.output_transform(m[w], out[n0:n1], self.p["b"], self.fuse_relu, th, tw)
+
+        threads.run(job, range(len(chunks)))
 
     def _winograd_backward(self, dout2d):
         x, c, f = self._x, self.in_shape[2], self.filters
@@ -175,25 +225,33 @@ class Conv2D(Layer):
         th, tw = self.ho // 2, self.wo // 2
         dout = dout2d.reshape(n, self.ho, self.wo, f)
         u = self._scratch["U"]  # the weights have not changed since forward
-        du = self.buffer("dU", (16, c, f))
-        part = self.buffer("dU_part", (16, c, f))
         dx = self.buffer("dx", (n,) + self.in_shape) if self.input_grad else None
         step = self._tiles_chunk(n)
-        rows = winograd.padded_tiles(step * th * tw)
-        v = self.buffer("V", (16, rows, c))
-        dm = self.buffer("M", (16, rows, f))
-        for n0 in range(0, n, step):
-            n1 = min(n, n0 + step)
-            t = (n1 - n0) * th * tw
-            vc, dmc = v[:, :t], dm[:, :t]
-            winograd.input_transform(x[n0:n1], v, self.pad, th, tw)
-            winograd.output_transform_adjoint(dout[n0:n1], dm, th, tw)
-            np.matmul(vc.transpose(0, 2, 1), dmc, out=du if n0 == 0 else part)
-            if n0:
-                du += part
-            if dx is not None:  # the chunk's V is used: reuse it for dV
-                np.matmul(dmc, u.transpose(0, 2, 1), out=vc)
-                winograd.input_transform_adjoint(v, dx[n0:n1], self.pad, th, tw)
+        chunks = self._chunks(n, step)
+        groups = threads.groups(len(chunks))
+        k = threads.workers(len(groups))
+        v, dm = self._winograd_buffers(step, k)
+        part = self._per_worker("dU_part", (16, c, f), k)
+        dus = self.buffer("dU_groups", (len(groups), 16, c, f))
+
+        def job(w, g):
+            for i in range(*groups[g]):
+                n0, n1 = chunks[i]
+                t = (n1 - n0) * th * tw
+                vc, dmc = v[w][:, :t], dm[w][:, :t]
+                winograd.input_transform(x[n0:n1], v[w], self.pad, th, tw)
+                winograd.output_transform_adjoint(dout[n0:n1], dm[w], th, tw)
+                first = i == groups[g][0]
+                np.matmul(vc.transpose(0, 2, 1), dmc, out=dus[g] if first else part[w])
+                if not first:
+                    dus[g] += part[w]
+                if dx is not None:  # the chunk's V is used: reuse it for dV
+                    np.matmul(dmc, u.transpose(0, 2, 1), out=vc)
+                    winograd.input_transform_adjoint(v[w], dx[n0:n1], self.pad, th, tw)
+
+        threads.run(job, range(len(groups)))
+        du = self.buffer("dU", (16, c, f))
+        self._sum_groups(dus, du)
         gt = self.buffer("GT", (3, 4))
         gt[...] = winograd.G.T
         winograd.filter_transform_adjoint(du, self.g["W"], gt,
@@ -213,25 +271,32 @@ class Conv2D(Layer):
         if self.algorithm == "winograd":
             return self._winograd_backward(dout2d)
         w2d = self.p["W"].reshape(self.k2, f)
-        gw = self.g["W"].reshape(self.k2, f)
-        part = self.buffer("gw_part", (self.k2, f))
         dx = self.buffer("dx", (n,) + self.in_shape) if self.input_grad else None
         step = self._chunk(n)
-        cols = self.buffer("cols", (step * hw, self.k2))
-        for n0 in range(0, n, step):
-            n1 = min(n, n0 + step)
-            c, d = cols[:(n1 - n0) * hw], dout2d[n0 * hw:n1 * hw]
-            kernels.im2col(x[n0:n1], c, self.kernel, self.kernel, self.stride, self.pad,
-                           self.ho, self.wo)
-            if n0 == 0:
-                np.matmul(c.T, d, out=gw)
-            else:
-                np.matmul(c.T, d, out=part)
-                gw += part
-            if dx is not None:  # the chunk's columns are used: reuse them for d(cols)
-                np.matmul(d, w2d.T, out=c)
-                kernels.col2im(c, dx[n0:n1], self.kernel, self.kernel, self.stride, self.pad,
+        chunks = self._chunks(n, step)
+        groups = threads.groups(len(chunks))
+        k = threads.workers(len(groups))
+        cols = self._per_worker("cols", (step * hw, self.k2), k)
+        part = self._per_worker("gw_part", (self.k2, f), k)
+        gws = self.buffer("gw_groups", (len(groups), self.k2, f))
+
+        def job(w, g):
+            for i in range(*groups[g]):
+                n0, n1 = chunks[i]
+                c, d = cols[w][:(n1 - n0) * hw], dout2d[n0 * hw:n1 * hw]
+                kernels.im2col(x[n0:n1], c, self.kernel, self.kernel, self.stride, self.pad,
                                self.ho, self.wo)
+                first = i == groups[g][0]
+                np.matmul(c.T, d, out=gws[g] if first else part[w])
+                if not first:
+                    gws[g] += part[w]
+                if dx is not None:  # the chunk's columns are used: reuse them for d(cols)
+                    np.matmul(d, w2d.T, out=c)
+                    kernels.col2im(c, dx[n0:n1], self.kernel, self.kernel, self.stride,
+                                   self.pad, self.ho, self.wo)
+
+        threads.run(job, range(len(groups)))
+        self._sum_groups(gws, self.g["W"].reshape(self.k2, f))
         return dx
 
     def describe(self):

@@ -26,12 +26,14 @@ could be negative and wrap around) is what lets it vectorise at all (measured: 5
 import numba as nb
 import numpy as np
 
-_JIT = dict(cache=True, fastmath=False, boundscheck=False)
+# nogil: the conv layers run these on several threads (distnn/nn/threads.py).
+_JIT = dict(cache=True, fastmath=False, boundscheck=False, nogil=True)
 # Multiply-adds may fuse (FMA). The weight gradient's sums may also be reassociated, which is
 # what lets them run in vector lanes; the order is fixed by the compiled code, so results are
 # still the same from run to run.
-_FMA = dict(cache=True, fastmath={"contract"}, boundscheck=False)
-_SUM = dict(cache=True, fastmath={"contract", "reassoc"}, boundscheck=False)
+_FMA = dict(cache=True, fastmath={"contract"}, boundscheck=False, nogil=True)
+_SUM = dict(cache=True, fastmath={"contract", "reassoc"}, boundscheck=False,
+            nogil=True)
 
 # Below this many channels or filters a 3x3 stride-1 conv runs here instead of as im2col +
 # GEMM (measured with `python -m benchmarks.step_throughput --model seed --profile`).

@@ -9,7 +9,8 @@ import numba as nb
 
 from distnn.nn.errors import ShapeError
 
-_JIT = dict(cache=True, fastmath=False, boundscheck=False)
+# nogil: the conv layers run these on several threads (distnn/nn/threads.py).
+_JIT = dict(cache=True, fastmath=False, boundscheck=False, nogil=True)
 
 
 @nb.njit(**_JIT)

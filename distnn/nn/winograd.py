@@ -22,7 +22,8 @@ chunk of images so that the transformed tiles stay in cache between a transform 
 import numba as nb
 import numpy as np
 
-_JIT = dict(cache=True, fastmath=False, boundscheck=False)
+# nogil: the conv layers run these on several threads (distnn/nn/threads.py).
+_JIT = dict(cache=True, fastmath=False, boundscheck=False, nogil=True)
 
 # G of the filter transform (4x3); B^T and A^T are written out in the kernels.
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])

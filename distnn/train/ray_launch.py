@@ -80,7 +80,7 @@ class _Worker:
         if cwd and os.path.isdir(cwd):
             os.chdir(cwd)  # relative paths in the config mean what they mean for the driver
         if cfg.train.threads == 0:
-            # Each actor owns one CPU: one BLAS thread (os.cpu_count() sees the whole node).
+            # Each actor owns one CPU: one thread (os.cpu_count() sees the whole node).
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=1))
         comm = RayCommunicator(rank, size, rendezvous, timeout=cfg.comm.timeout or None)
         install_excepthook(comm)  # a dying helper thread (prefetch) ends the group

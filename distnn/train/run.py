@@ -10,12 +10,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from distnn.config import Config, save_config
+from distnn.nn import threads as nn_threads
 from distnn.train import checkpoint as ckpt
 from distnn.train.errors import CheckpointError
 from distnn.train.evaluate import evaluate
 from distnn.train.loop import Coordinator, EXIT_OK
 from distnn.train.metrics import MetricsLog
-from distnn.train.setup import (blas_threads, build_model, build_optimizer, build_schedule,
+from distnn.train.setup import (rank_threads, build_model, build_optimizer, build_schedule,
                                 load_splits)
 
 
@@ -116,7 +117,9 @@ def build_parts(cfg: Config, comm, resume_snap) -> Parts:
 def train(cfg: Config, comm, run_dir: Path, resume: Path | None = None) -> TrainResult:
     """Train per `cfg` on this worker. Collective: every rank of `comm` must call."""
     run_dir = Path(run_dir)
-    with threadpool_limits(blas_threads(cfg.train.threads, comm.size)):
+    threads = rank_threads(cfg.train.threads, comm.size)
+    # The conv layers run on `threads` threads of their own, BLAS on one (distnn/nn/threads.py).
+    with threadpool_limits(threads), nn_threads.limit(threads):
         snap = load_on_root(resume, list(cfg.model), comm)
         best = None
         if snap is not None:

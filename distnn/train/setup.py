@@ -98,8 +98,9 @@ def build_schedule(cfg: Config):
     return make_schedule(spec)
 
 
-def blas_threads(cfg_threads: int, world_size: int) -> int:
-    """One BLAS thread per rank when ranks fill the cores (2 ranks x 2 threads thrash)."""
+def rank_threads(cfg_threads: int, world_size: int) -> int:
+    """Threads per rank for the layers (distnn.nn.threads): `train.threads`, or cores / ranks
+    so that ranks never oversubscribe the cores (2 ranks x 2 threads thrash)."""
     if cfg_threads > 0:
         return cfg_threads
     return max(1, (os.cpu_count() or 1) // max(world_size, 1))

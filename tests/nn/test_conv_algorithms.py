@@ -4,7 +4,7 @@ compute the same forward pass and gradients, whole batch or chunk by chunk of im
 import numpy as np
 import pytest
 
-from distnn.nn import Sequential, conv, direct, softmax_cross_entropy, winograd
+from distnn.nn import Sequential, conv, direct, softmax_cross_entropy, threads, winograd
 
 CASES = [  # (per-sample input shape, filters, pad, batch)
     ((8, 8, 3), 5, 1, 3),
@@ -77,6 +77,20 @@ def test_direct_reuses_dirty_buffers():
     assert [layer.algorithm for layer in model.layers if layer.kind == "conv"] == ["direct"] * 2
     np.testing.assert_array_equal(out, first[0])
     np.testing.assert_array_equal(model.grads, first[1])
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "im2col", "direct"])
+def test_thread_count_does_not_change_results(monkeypatch, algorithm):
+    """Bit-identical outputs and gradients on 1, 2 and 3 threads: 20 images in one-image chunks
+    make 16 groups of uneven size, so the threads share them unevenly."""
+    monkeypatch.setattr(conv, "CHUNK_TILES", 1)
+    monkeypatch.setattr(conv, "CHUNK_ROWS", 1)
+    base = run((8, 8, 3), 4, 1, 20, np.float32, algorithm)
+    for count in (2, 3):
+        with threads.limit(count):
+            got = run((8, 8, 3), 4, 1, 20, np.float32, algorithm)
+        np.testing.assert_array_equal(got[0], base[0])
+        np.testing.assert_array_equal(got[1], base[1])
 
 
 @pytest.mark.parametrize("algorithm", ["winograd", "im2col"])
