@@ -9,7 +9,8 @@ from nine shifted views of the same row:
     o[j, P] = sum over i, ky, kx of  w[i, ky, kx, j] * a[i, P + ky*wp + kx]     (P = y*wp + x)
 
 The innermost loop runs over P, contiguous in every array it touches, so the compiler
-vectorises it across output pixels; each loaded input vector is used by nine multiply-adds.
+vectorises it across output pixels; filters go two at a time, so each loaded input vector
+feeds 18 multiply-adds.
 Positions with x >= Wo are computed and dropped (2 of 34 columns for a 32-wide image, pad 1).
 
 The same correlation gives the input gradient: d(out) goes into a planar buffer `dz` with
@@ -17,10 +18,10 @@ q = 2 - pad zero rows above and below (and zero columns between rows), and
 dx = correlate(dz, the filters flipped and transposed). The weight gradient is the matching
 reduction over P:  dw[i, ky, kx, j] += sum over P of a[i, P + ky*wp + kx] * dz_view[j, P].
 
-Every loop that vectorises reads one shifted view per tap. (The views are written out in
-each kernel: built by a shared helper returning a tuple, the weight gradient ran 17 % slower.)
-Indexing shifted views (never `a[i, P + off]` with a run-time offset, which the compiler must assume
-could be negative and wrap around) is what lets it vectorise at all (measured: 5x).
+Every loop that vectorises reads one shifted view per tap. Indexing shifted views (never
+`a[i, P + off]` with a run-time offset, which the compiler must assume could be negative and
+wrap around) is what lets it vectorise at all (measured: 5x). The views are written out in
+each kernel: built by a shared helper returning a tuple, the weight gradient ran 17 % slower.
 """
 
 import numba as nb
@@ -270,7 +271,7 @@ def backward(planar, dout, out, relu, wb, dw, db, dx, want_dx, pad, dz, ox_even,
     db[:] = 0.0
     for n in range(n_):
         dn, on = dout[n].reshape(-1), out[n].reshape(-1)
-        for k in range(f):  # (the bias gradient's sums run in the same order as im2col's)
+        for k in range(f):
             s = db[k]
             for y in range(ho):
                 dst = dz[k, start + y * wp:]

@@ -40,13 +40,15 @@ class MaxPool2D(_Pool2D):
         n = x.shape[0]
         out = self.buffer("out", (n,) + self.out_shape)
         arg = self.buffer("arg", (n,) + self.out_shape, np.int32)
-        kernels.maxpool_forward(x, out, arg, self.size, self.stride)
+        # (The 2x2 kernel walks flattened rows: it needs a C-contiguous array.)
+        kernels.maxpool_forward(np.ascontiguousarray(x), out, arg, self.size, self.stride)
         self._n = n
         return out
 
     def backward(self, dout):
         dx = self.buffer("dx", (self._n,) + self.in_shape)
-        kernels.maxpool_backward(dout, self._scratch["arg"], dx, self.size, self.stride)
+        kernels.maxpool_backward(np.ascontiguousarray(dout), self._scratch["arg"], dx, self.size,
+                                 self.stride)
         return dx
 
 
