@@ -81,7 +81,7 @@ class Conv2D(Layer):
         if self.algorithm == "winograd":
             self._winograd_forward(x)
         elif self.algorithm == "direct":
-            self._direct_forward(x)
+            self._direct_forward(np.ascontiguousarray(x))  # its kernels walk flattened rows
         else:
             self._im2col_forward(x)
         # Backward rebuilds each chunk's columns (or tiles) from x: it must not change before
@@ -260,7 +260,7 @@ class Conv2D(Layer):
 
     def backward(self, dout):
         if self.algorithm == "direct":  # masks the ReLU and sums the bias gradient itself
-            return self._direct_backward(dout)
+            return self._direct_backward(np.ascontiguousarray(dout))
         x, f, hw = self._x, self.filters, self.ho * self.wo
         n = x.shape[0]
         dout2d = dout.reshape(n * hw, f)

@@ -147,3 +147,20 @@ def test_first_layer_input_may_change_after_forward():
         model.backward(dscores)
         grads.append(model.grads.copy())
     np.testing.assert_array_equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "im2col", "direct"])
+def test_non_contiguous_input(algorithm):
+    """An NCHW array transposed to NHWC (a view, not C-contiguous) is a valid input."""
+    spec = [dict(type="conv", filters=4, kernel=3, pad=1), dict(type="relu"),
+            dict(type="flatten"), dict(type="dense", units=3)]
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6)).transpose(0, 2, 3, 1)
+    results = []
+    for data in (x, np.ascontiguousarray(x)):
+        model = Sequential(spec, (6, 6, 2), seed=0, dtype=np.float64)
+        model.layers[0].algorithm = algorithm
+        out = model.forward(data, True).copy()
+        model.backward(np.ones_like(out))
+        results.append((out, model.grads.copy()))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
