@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distnn.data.datasets import ArrayDataset
+from distnn.data.base import ArrayDataset
 from distnn.data.hdf5 import H5Dataset, chunk_samples, write_h5
 
 SHAPES = {"mnist": (60000, (28, 28, 1)), "cifar": (50000, (32, 32, 3))}

@@ -18,8 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from distnn.data import (ArrayDataset, BatchIterator, H5Dataset, RandomCropFlip, ShardSampler,
-                         prepare_batch, write_h5)
+from distnn.data import (
+    ArrayDataset,
+    BatchIterator,
+    H5Dataset,
+    RandomCropFlip,
+    ShardSampler,
+    prepare_batch,
+    write_h5,
+)
 
 BATCH = 128
 NORM = (np.array([0.49, 0.48, 0.45], np.float32), np.array([0.25, 0.24, 0.26], np.float32))

@@ -64,7 +64,8 @@ def mpi(batch: int, steps: int, reps: int) -> dict:
 def ray_runs(batch: int, steps: int, reps: int) -> dict:
     import ray
 
-    from distnn.comm.ray import RayCommunicator, create_group, release_segments
+    from distnn.comm.ray import RayCommunicator
+    from distnn.comm.rendezvous import create_group, release_segments
 
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
@@ -120,10 +121,11 @@ def main(argv=None) -> None:
               "ray_object_store_img_s": r["object_store"]["img_s"],
               "ratio_ray_shm_vs_mpi": r["shm"]["img_s"] / m["img_s"],
               "ratio_ray_object_store_vs_mpi": r["object_store"]["img_s"] / m["img_s"],
-              "allreduce_ms": {int(n): {"mpi": 1e3 * m["allreduce_s"][n],
-                                        "ray_shm": 1e3 * r["shm"]["allreduce_s"][n],
-                                        "ray_object_store": 1e3 * r["object_store"]["allreduce_s"][n]}
-                               for n in sorted(m["allreduce_s"])}}
+              "allreduce_ms": {
+                  int(n): {"mpi": 1e3 * m["allreduce_s"][n],
+                           "ray_shm": 1e3 * r["shm"]["allreduce_s"][n],
+                           "ray_object_store": 1e3 * r["object_store"]["allreduce_s"][n]}
+                  for n in sorted(m["allreduce_s"])}}
     print(f"cifar net, 2 workers x 1 thread, batch {args.batch} per worker, {args.steps} steps")
     print(f"  MPI                 {report['mpi_img_s']:8.1f} img/s")
     print(f"  Ray (shm)           {report['ray_shm_img_s']:8.1f} img/s   "

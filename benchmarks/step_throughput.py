@@ -112,7 +112,7 @@ def torch_net(model):
             "dense": lambda s, w: tnn.Linear(*w.shape), "relu": lambda s, w: tnn.ReLU(),
             "maxpool": lambda s, w: tnn.MaxPool2d(s["size"]), "flatten": lambda s, w: tnn.Flatten()}
     return tnn.Sequential(*(make[spec["type"]](spec, layer.p.get("W"))
-                            for spec, layer in zip(model.specs, model.layers)))
+                            for spec, layer in zip(model.specs, model.layers, strict=True)))
 
 
 def torch_step(model, batch: int):
@@ -225,7 +225,8 @@ def measure(args) -> dict:
 
     from distnn.nn import threads as nn_threads
 
-    peak_rss_mb = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def peak_rss_mb():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     # distnn: its own threads, BLAS on one (nn_threads.limit); torch: set_num_threads below.
     with threadpool_limits(limits=args.threads), nn_threads.limit(args.threads):
@@ -258,8 +259,13 @@ def summarize(args, m: dict) -> dict:
     flops, n = training_flops(m["model_obj"]), args.batch
     d_med = statistics.median(m["d_times"])
     t_med = statistics.median(m["t_times"]) if m["t_times"] else None
-    tor = lambda f: f(t_med) if t_med else None  # None without torch
-    quartiles = lambda ts: [1e3 * q for q in statistics.quantiles(ts)] if ts[1:] else None
+
+    def tor(f):
+        return f(t_med) if t_med else None  # None without torch
+
+    def quartiles(ts):
+        return [1e3 * q for q in statistics.quantiles(ts)] if ts[1:] else None
+
     return {
         "model": args.model, "batch": n, "threads": args.threads,
         "distnn_img_s": n / d_med, "torch_img_s": tor(lambda t: n / t),
@@ -279,7 +285,10 @@ def summarize(args, m: dict) -> dict:
 
 def report(r: dict, model) -> None:
     blas = ", ".join(f"{b['internal_api']} {b['architecture'] or ''}".strip() for b in r["blas"])
-    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+
+    def fmt(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
     print(f"{r['model']} net, batch {r['batch']}, {r['threads']} thread(s); {blas}; "
           f"env {r['openblas_env']}; update: {r['optimizer']}")
     print(f"  distnn {r['distnn_img_s']:.0f} img/s ({r['distnn_step_ms']:.1f} ms/step, "

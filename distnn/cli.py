@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from distnn.data.commands import register_data_commands
+from distnn.launch.commands import register_train_commands
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    from distnn.train.commands import register_train_commands
-    from distnn.data.commands import register_data_commands
 
     register_train_commands(sub)
     register_data_commands(sub)

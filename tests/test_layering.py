@@ -1,7 +1,10 @@
-"""House rule 1: math and data never import communication (checked in a fresh interpreter)."""
+"""Math and data never import communication (checked in a fresh interpreter): nn, optim and
+data must run, and be tested, with no MPI or Ray installed."""
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,3 +18,61 @@ def test_no_communication_imports(package):
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the distnn modules it imports anywhere in its source (function bodies too:
+    an import hidden inside a function is still an arrow)."""
+    root = Path(__file__).resolve().parents[1]
+    modules = {}
+    for path in (root / "distnn").rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names if a.name in modules)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
+                                    + ([node.module] if node.module else []))
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    edges.add(sub if sub in modules else base)
+        graph[name] = {e for e in edges if e in modules and e != name}
+    return graph
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert "distnn.launch.commands" in graph and "distnn.data.hdf5" in graph
+    cycles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_only_the_entry_point_imports_launch():
+    """launch starts runs: it may import everything, and only cli.py imports it."""
+    graph = import_graph()
+    users = sorted(m for m, edges in graph.items() if not m.startswith("distnn.launch")
+                   and any(e.startswith("distnn.launch") for e in edges))
+    assert users == ["distnn.cli"], users

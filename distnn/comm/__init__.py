@@ -10,16 +10,17 @@ Backends are imported only when chosen, so `import distnn.comm` never imports mp
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from distnn.comm.base import OPS, Communicator
 from distnn.comm.failfast import install_excepthook
 
 # Valid names for create_communicator. "ray" needs a rank, a size and a group (the rendezvous
-# actor), which only the Ray launcher (distnn/train/ray_launch.py) knows: it builds
-# RayCommunicator itself; create_communicator("ray") without them is a TypeError.
+# actor), which only the Ray launcher (distnn/launch/ray_driver.py) knows: its worker actors
+# build RayCommunicator themselves; create_communicator("ray") without them is a TypeError.
 BACKENDS = ("local", "mpi", "ray")
 
-_INSTALL_HINT = {"mpi": "pip install 'distnn[mpi]'  (mpi4py + the mpich wheel)",
+INSTALL_HINTS = {"mpi": "pip install 'distnn[mpi]'  (mpi4py + the mpich wheel)",
                  "ray": "pip install 'distnn[ray]'"}
 
 # Launchers export the world size to every rank: MPICH/Intel MPI/srun --mpi=pmi2 (PMI_SIZE),
@@ -27,7 +28,7 @@ _INSTALL_HINT = {"mpi": "pip install 'distnn[mpi]'  (mpi4py + the mpich wheel)",
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
-def create_communicator(name: str, **opts) -> Communicator:
+def create_communicator(name: str, **opts: Any) -> Communicator:
     """The communicator of backend `name` ("local" or "mpi"), built with `opts`.
 
     Options: timeout (seconds a collective may wait before the job aborts; None = forever).
@@ -45,23 +46,20 @@ def _load(name: str) -> type[Communicator]:
         from distnn.comm.local import LocalCommunicator
 
         return LocalCommunicator
-    if name == "ray":
-        try:
-            from distnn.comm.ray import RayCommunicator
-        except ImportError as exc:
-            if not (exc.name or "").startswith("ray"):
-                raise
-            raise ImportError(f"the 'ray' communicator needs ray, which is not installed: "
-                              f"{_INSTALL_HINT['ray']}") from exc
-        return RayCommunicator
+    package = "ray" if name == "ray" else "mpi4py"
     try:
+        if name == "ray":
+            from distnn.comm.ray import RayCommunicator
+
+            return RayCommunicator
         from distnn.comm.mpi import MPICommunicator
+
+        return MPICommunicator
     except ImportError as exc:
-        if not (exc.name or "").startswith("mpi4py"):
-            raise
-        raise ImportError(f"the 'mpi' communicator needs mpi4py, which is not installed: "
-                          f"{_INSTALL_HINT['mpi']}") from exc
-    return MPICommunicator
+        if not (exc.name or "").startswith(package):
+            raise  # broken install or a bug, not a missing optional package
+        raise ImportError(f"the {name!r} communicator needs {package}, which is not installed: "
+                          f"{INSTALL_HINTS[name]}") from exc
 
 
 def detect_backend() -> str:
@@ -80,5 +78,5 @@ def detect_backend() -> str:
     return "local"
 
 
-__all__ = ["BACKENDS", "OPS", "Communicator", "create_communicator", "detect_backend",
-           "install_excepthook"]
+__all__ = ["BACKENDS", "INSTALL_HINTS", "OPS", "Communicator", "create_communicator",
+           "detect_backend", "install_excepthook"]

@@ -1,18 +1,24 @@
 """The Communicator interface: the few collectives a data-parallel SPMD loop needs.
 
-Every backend (local, mpi, later ray) subclasses `Communicator` and implements only the protected
-buffer operations `_allreduce`, `_broadcast`, `_barrier` plus `rank`, `size`, `abort`. The public
-methods here check their input first, identically for every backend, so a program that runs with
-the local communicator does not meet a new error under mpiexec. The object collectives are built
-on the buffer ones, so a backend's timeout and fail-fast behaviour cover them too.
+Every backend (local, mpi, ray) subclasses `Communicator`, sets `_rank`, `_size` and `timeout`,
+and implements only the protected buffer operations `_allreduce`, `_broadcast`, `_barrier` plus
+`abort`. The public methods here check their input first, identically for every backend, so a
+program that runs with the local communicator does not meet a new error under mpiexec. The object
+collectives are built on the buffer ones, so a backend's timeout and fail-fast behaviour cover
+them too. What the waiting backends share lives here once as well: the timeout abort and the
+spin-then-sleep wait loop (`wait_until`).
 """
 
 from __future__ import annotations
 
 import abc
 import numbers
+import os
 import pickle
-from typing import NoReturn
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -23,6 +29,17 @@ OPS = ("sum", "max", "min")
 _REDUCE_KINDS = "iuf"
 _BCAST_KINDS = "biufc"
 
+# Why a wait spins first: MPICH advances a non-blocking collective only inside MPI calls, so every
+# sleep between tests stalls the collective's current round (1 ms sleeps made a 1 M float32
+# allreduce 6-16x slower), and a shared-memory peer's arrival is seen only when polled. Hence:
+# spin, yielding the core, for SPIN_SECONDS (a balanced allreduce of a few MB takes about 1 ms
+# here), then sleep a small fraction of the time already waited, capped: the extra latency once
+# the late peer arrives stays around 1 % of the wait, and a long wait (a peer writing a
+# checkpoint) costs little CPU.
+SPIN_SECONDS = 0.02
+SLEEP_FRACTION = 0.002
+MAX_SLEEP_SECONDS = 0.001
+
 
 class Communicator(abc.ABC):
     """A group of `size` ranks running the same program (SPMD); this object is rank `rank`.
@@ -32,16 +49,19 @@ class Communicator(abc.ABC):
     """
 
     name: str = "abstract"
+    _rank: int  # set by every subclass's __init__
+    _size: int
+    timeout: float | None  # seconds a collective may wait before the job aborts; None: forever
 
     @property
-    @abc.abstractmethod
     def rank(self) -> int:
         """This process's index, 0 <= rank < size."""
+        return self._rank
 
     @property
-    @abc.abstractmethod
     def size(self) -> int:
         """Number of ranks in the job."""
+        return self._size
 
     @abc.abstractmethod
     def _allreduce(self, buf: np.ndarray, op: str) -> None:
@@ -92,7 +112,7 @@ class Communicator(abc.ABC):
         """
         self._barrier()
 
-    def allreduce_obj(self, obj, op: str = "sum"):
+    def allreduce_obj(self, obj: Any, op: str = "sum") -> Any:
         """Reduce a small Python number, or a flat tuple/list of numbers, elementwise over ranks.
 
         Collective: all ranks must call, with the same container type and length.
@@ -106,7 +126,7 @@ class Communicator(abc.ABC):
         self._allreduce(arr, op)
         return rebuild(arr)
 
-    def bcast_obj(self, obj, root: int = 0):
+    def bcast_obj(self, obj: Any, root: int = 0) -> Any:
         """Return rank `root`'s `obj` on every rank (other ranks' `obj` is ignored, e.g. None).
 
         Collective: all ranks must call.
@@ -126,22 +146,54 @@ class Communicator(abc.ABC):
             self._broadcast(data, root)
         return obj if self.rank == root else pickle.loads(data.tobytes())
 
-    def _check_root(self, root, what: str) -> None:
+    def _check_root(self, root: object, what: str) -> None:
         if isinstance(root, bool) or not isinstance(root, numbers.Integral) or not (
-                0 <= root < self.size):
+                0 <= int(root) < self.size):
             raise ValueError(f"{what}: root must be an int rank in [0, {self.size}), got {root!r}")
+
+    def _print_abort(self, message: str) -> None:
+        """Print an abort's `message` to stderr, naming this rank (the first half of `abort`)."""
+        print(f"distnn: rank {self.rank} of {self.size}: {message}", file=sys.stderr)
+
+    def _abort_timeout(self, what: str, buf: np.ndarray | None) -> NoReturn:
+        """Abort the job: collective `what` (on `buf`, None for a barrier) waited past timeout."""
+        subject = what if buf is None else f"{what} of {buf.size} {buf.dtype}"
+        self.abort(f"{subject} did not complete within {self.timeout:g} s on rank {self.rank}: "
+                   "a peer rank is dead or stuck (or needs longer: raise comm.timeout)")
+
+    def _timeout_check(self, what: str, buf: np.ndarray | None) -> Callable[[float], None]:
+        """The `check` for `wait_until` inside collective `what`: aborts past the timeout."""
+        def check(waited: float) -> None:
+            if self.timeout is not None and waited > self.timeout:
+                self._abort_timeout(what, buf)
+        return check
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} rank={self.rank} size={self.size}>"
 
 
-def check_op(op) -> None:
+def wait_until(done: Callable[[], bool], check: Callable[[float], None]) -> None:
+    """Poll `done()` until it is true, calling `check(seconds waited)` between polls (it may end
+    the job, e.g. `Communicator._timeout_check`). Spins at first, then sleeps (see SPIN_SECONDS)."""
+    start = time.monotonic()
+    while not done():
+        waited = time.monotonic() - start
+        check(waited)
+        if waited > SPIN_SECONDS:
+            time.sleep(min(MAX_SLEEP_SECONDS, waited * SLEEP_FRACTION))
+        else:
+            # Free when each rank has a core; with more ranks than cores the rank holding
+            # the core would otherwise spin while the peer it waits for cannot run.
+            os.sched_yield()
+
+
+def check_op(op: object) -> None:
     """Raise ValueError unless `op` is one of OPS."""
     if op not in OPS:
         raise ValueError(f"unknown reduction op {op!r}; valid ops: {', '.join(OPS)}")
 
 
-def check_array(buf, what: str, kinds: str) -> None:
+def check_array(buf: object, what: str, kinds: str) -> None:
     """Raise TypeError/ValueError, naming the bad property, unless `buf` can be sent in place."""
     if not isinstance(buf, np.ndarray):
         raise TypeError(f"{what}: buf must be a numpy.ndarray, got {type(buf).__name__}")
@@ -157,7 +209,7 @@ def check_array(buf, what: str, kinds: str) -> None:
                          "into it in place, pass a writeable array")
 
 
-def pack_numbers(obj):
+def pack_numbers(obj: Any) -> tuple[np.ndarray, Callable[[np.ndarray], Any]]:
     """Turn a number or flat tuple/list of numbers into (array, rebuild) for a buffer reduction.
 
     The array is int64 if every element is integral (bools count), else float64; `rebuild(arr)`
@@ -172,7 +224,7 @@ def pack_numbers(obj):
     dtype, convert = (np.int64, int) if integral else (np.float64, float)
     arr = np.array([convert(x) for x in items], dtype=dtype)
 
-    def rebuild(out: np.ndarray):
+    def rebuild(out: np.ndarray) -> Any:
         values = [convert(v) for v in out.tolist()]
         if isinstance(obj, tuple):
             return tuple(values)
@@ -181,11 +233,11 @@ def pack_numbers(obj):
     return arr, rebuild
 
 
-def check_timeout(timeout) -> float | None:
+def check_timeout(timeout: object) -> float | None:
     """Validate a collective timeout in seconds: None (wait forever) or a positive number."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not float(timeout) > 0:
         raise ValueError(f"timeout must be a positive number of seconds or None (no timeout), "
                          f"got {timeout!r}")
     return float(timeout)

@@ -9,6 +9,7 @@ launcher then kills every rank and mpiexec exits non-zero.
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
 import os
 import stat
@@ -17,12 +18,15 @@ import termios
 import threading
 import time
 import traceback
+from types import TracebackType
 from typing import NoReturn
+
+from distnn.comm.base import Communicator
 
 _MARK = "_distnn_failfast"
 
 
-def install_excepthook(comm) -> None:
+def install_excepthook(comm: Communicator) -> None:
     """Make an uncaught exception on this rank (main thread or any other thread) abort the job.
 
     Call on every rank right after creating the communicator. Installing twice is harmless.
@@ -31,10 +35,11 @@ def install_excepthook(comm) -> None:
     if getattr(sys.excepthook, _MARK, False):
         return
 
-    def hook(exc_type, exc, tb) -> None:
+    def hook(exc_type: type[BaseException], exc: BaseException,
+             tb: TracebackType | None) -> None:
         report_and_abort(comm, exc_type, exc, tb)
 
-    def thread_hook(args) -> None:
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
         if issubclass(args.exc_type, SystemExit):
             return
         report_and_abort(comm, args.exc_type, args.exc_value, args.exc_traceback,
@@ -46,7 +51,9 @@ def install_excepthook(comm) -> None:
     threading.excepthook = thread_hook
 
 
-def report_and_abort(comm, exc_type, exc, tb, where: str = "") -> NoReturn:
+def report_and_abort(comm: Communicator, exc_type: type[BaseException],
+                     exc: BaseException | None, tb: TracebackType | None,
+                     where: str = "") -> NoReturn:
     """Print the traceback with every line prefixed by the rank, then abort the whole job."""
     try:
         prefix = f"[rank {comm.rank}] "
@@ -90,7 +97,6 @@ def drain_stdio(max_wait: float = 1.0) -> None:
 
 def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
-        try:
+        # A closed or replaced stream: exiting matters more than this output.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass  # closed or replaced stream: exiting matters more than this output

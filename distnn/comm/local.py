@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import NoReturn
 
 import numpy as np
@@ -23,14 +22,7 @@ class LocalCommunicator(Communicator):
 
     def __init__(self, timeout: float | None = None):
         self.timeout = check_timeout(timeout)
-
-    @property
-    def rank(self) -> int:
-        return 0
-
-    @property
-    def size(self) -> int:
-        return 1
+        self._rank, self._size = 0, 1
 
     def _allreduce(self, buf: np.ndarray, op: str) -> None:
         pass  # sum, max or min over one rank leaves the buffer unchanged
@@ -44,5 +36,5 @@ class LocalCommunicator(Communicator):
     def abort(self, message: str, code: int = 1) -> NoReturn:
         """Print `message` to stderr and end this process (the whole job) with status `code`,
         without running cleanup that could block. Not collective."""
-        print(f"distnn: rank 0 of 1: {message}", file=sys.stderr)
+        self._print_abort(message)
         flush_and_exit(code)

@@ -7,33 +7,20 @@ Timeouts: with `timeout=None` the collectives are the blocking `Allreduce`/`Bcas
 With a timeout they are the non-blocking `Iallreduce`/`Ibcast`/`Ibarrier`, completed by a
 polling loop that aborts the job naming the operation once the deadline passes. The loop spins
 on `Test()` at first (as fast as the blocking call: tests/comm/bench_allreduce.py), then sleeps
-briefly between tests when a peer is long late (see SPIN_SECONDS).
+briefly between tests when a peer is long late (see `wait_until` in comm/base.py).
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import time
 from typing import NoReturn
 
 import numpy as np
 from mpi4py import MPI
 
-from distnn.comm.base import Communicator, check_timeout
+from distnn.comm.base import Communicator, check_timeout, wait_until
 from distnn.comm.failfast import drain_stdio, flush_and_exit
 
 _MPI_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
-
-# MPICH advances a non-blocking collective only inside MPI calls, so every sleep between tests
-# stalls the collective's current round (1 ms sleeps made a 1 M float32 allreduce 6-16x slower).
-# Hence: spin, yielding the core, for SPIN_SECONDS (a balanced allreduce of a few MB takes about
-# 1 ms here), then sleep a small fraction of the time already waited, capped: the extra latency
-# once the late peer arrives stays around 1 % of the wait, and a long wait (a peer writing a
-# checkpoint) costs little CPU.
-SPIN_SECONDS = 0.02
-SLEEP_FRACTION = 0.002
-MAX_SLEEP_SECONDS = 0.001
 
 
 class MPICommunicator(Communicator):
@@ -50,14 +37,6 @@ class MPICommunicator(Communicator):
         self._comm = MPI.COMM_WORLD
         self._rank = self._comm.Get_rank()
         self._size = self._comm.Get_size()
-
-    @property
-    def rank(self) -> int:
-        return self._rank
-
-    @property
-    def size(self) -> int:
-        return self._size
 
     def _allreduce(self, buf: np.ndarray, op: str) -> None:
         if self.timeout is None:
@@ -80,27 +59,12 @@ class MPICommunicator(Communicator):
 
     def _wait(self, request: MPI.Request, what: str, buf: np.ndarray | None) -> None:
         """Complete `request` or abort the job once `self.timeout` seconds have passed."""
-        start = time.monotonic()
-        while not request.Test():
-            waited = time.monotonic() - start
-            if waited > self.timeout:
-                self._abort_timeout(what, buf)
-            if waited > SPIN_SECONDS:
-                time.sleep(min(MAX_SLEEP_SECONDS, waited * SLEEP_FRACTION))
-            else:
-                # Free when each rank has a core; with more ranks than cores the rank holding
-                # the core would otherwise spin while the peer it waits for cannot run.
-                os.sched_yield()
-
-    def _abort_timeout(self, what: str, buf: np.ndarray | None) -> NoReturn:
-        subject = what if buf is None else f"{what} of {buf.size} {buf.dtype}"
-        self.abort(f"{subject} did not complete within {self.timeout:g} s on rank {self._rank}: "
-                   "a peer rank is dead or stuck (or needs longer: raise comm.timeout)")
+        wait_until(request.Test, self._timeout_check(what, buf))
 
     def abort(self, message: str, code: int = 1) -> NoReturn:
         """Print `message` naming this rank to stderr, then MPI_Abort(COMM_WORLD, code): the
         launcher kills every rank and mpiexec exits non-zero. Not collective; never returns."""
-        print(f"distnn: rank {self._rank} of {self._size}: {message}", file=sys.stderr)
+        self._print_abort(message)
         drain_stdio()  # else the launcher may kill us before forwarding this message
         MPI.COMM_WORLD.Abort(code)
         flush_and_exit(code)  # not reached: Abort does not return

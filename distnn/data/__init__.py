@@ -9,8 +9,9 @@ Nothing here imports communication (mpi4py, ray, distnn.comm, distnn.train): ran
 size are plain arguments.
 """
 
+from distnn.data.base import ArrayDataset, Dataset
 from distnn.data.catalog import SPECS, resolve_data_dir
-from distnn.data.datasets import ArrayDataset, Dataset, get_dataset
+from distnn.data.datasets import get_dataset
 from distnn.data.errors import CorruptFileError, DataError, DatasetNotFoundError, UnsafePickleError
 from distnn.data.hdf5 import H5Dataset, write_h5
 from distnn.data.iterator import BatchIterator, prepare_batch

@@ -44,7 +44,7 @@ class DatasetSpec:
     @property
     def files(self) -> tuple:
         """Every distinct file of the dataset (the CIFAR archive serves both splits)."""
-        seen = {}
+        seen: dict[str, FileSpec] = {}
         for files in self.splits.values():
             for f in files:
                 seen.setdefault(f.name, f)

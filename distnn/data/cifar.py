@@ -119,8 +119,9 @@ def _read_members(archive: Path, wanted: tuple) -> dict:
         with tarfile.open(archive, "r:gz") as tar:
             for info in tar:
                 name = info.name[len(PREFIX):] if info.name.startswith(PREFIX) else None
-                if name in wanted and info.isfile():
-                    found[name] = safe_load(tar.extractfile(info).read(), f"{archive}:{info.name}")
+                member = tar.extractfile(info) if name in wanted and info.isfile() else None
+                if member is not None:
+                    found[name] = safe_load(member.read(), f"{archive}:{info.name}")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         if isinstance(exc, FileNotFoundError):
             raise

@@ -10,10 +10,11 @@ import sys
 import time
 
 from distnn.data import catalog
+from distnn.data.datasets import get_dataset
 from distnn.data.errors import DataError
 from distnn.data.fetch import ensure_files, missing_files, verify_md5
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from distnn.data.hdf5 import write_h5
+from distnn.exit_codes import ExitCode
 
 
 def register_data_commands(subparsers) -> None:
@@ -46,7 +47,7 @@ def register_data_commands(subparsers) -> None:
 def _specs(names, out=sys.stderr):
     """The specs of `names`, or None after printing the unknown ones."""
     specs = [catalog.lookup(n) for n in names]
-    unknown = [n for n, s in zip(names, specs) if s is None]
+    unknown = [n for n, s in zip(names, specs, strict=True) if s is None]
     if unknown:
         print(f"distnn data: unknown dataset(s) {', '.join(unknown)}; expected "
               f"{', '.join(catalog.SPECS)}", file=out)
@@ -66,13 +67,11 @@ def cmd_list(args) -> int:
         counts = " + ".join(f"{n} {s}" for s, n in spec.counts.items())
         h, w, c = spec.image_shape
         print(f"  {spec.name:14s} {h}x{w}x{c}  {counts:25s} {status:18s} {folder}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _verify_one(spec, data_dir) -> str | None:
     """None if every file of `spec` passes md5 and parsing, else the error message."""
-    from distnn.data.datasets import get_dataset
-
     folder = catalog.dataset_folder(spec, data_dir)
     try:
         for f in spec.files:
@@ -87,7 +86,7 @@ def _verify_one(spec, data_dir) -> str | None:
 def cmd_verify(args) -> int:
     specs = _specs(args.names)
     if specs is None:
-        return EXIT_USAGE
+        return ExitCode.BAD_INPUT
     explicit = bool(args.names)
     failed = False
     for spec in specs or catalog.SPECS.values():
@@ -104,13 +103,13 @@ def cmd_verify(args) -> int:
             failed = True
         else:
             print(f"{spec.name}: OK (md5 and format, {time.perf_counter() - t0:.1f} s)")
-    return EXIT_FAILED if failed else EXIT_OK
+    return ExitCode.FAILED if failed else ExitCode.OK
 
 
 def cmd_download(args) -> int:
     specs = _specs(args.names)
     if specs is None:
-        return EXIT_USAGE
+        return ExitCode.BAD_INPUT
     failed = False
     for spec in specs:
         if spec.bundled:
@@ -124,16 +123,13 @@ def cmd_download(args) -> int:
         except DataError as exc:
             print(f"{spec.name}: FAILED {exc}", file=sys.stderr)
             failed = True
-    return EXIT_FAILED if failed else EXIT_OK
+    return ExitCode.FAILED if failed else ExitCode.OK
 
 
 def cmd_convert(args) -> int:
-    from distnn.data.datasets import get_dataset
-    from distnn.data.hdf5 import write_h5
-
     specs = _specs([args.name])
     if specs is None:
-        return EXIT_USAGE
+        return ExitCode.BAD_INPUT
     spec = specs[0]
     t0 = time.perf_counter()
     try:
@@ -141,13 +137,13 @@ def cmd_convert(args) -> int:
                   for s in spec.splits}
     except DataError as exc:
         print(f"distnn data convert: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     provenance = "\n".join(ds.provenance for ds in splits.values())
     path = write_h5(args.out, splits, spec.name, provenance)
     sizes = ", ".join(f"{s} {len(ds)}" for s, ds in splits.items())
     print(f"wrote {path} ({sizes}; {path.stat().st_size / 1e6:.1f} MB, "
           f"{time.perf_counter() - t0:.1f} s)")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def main(argv=None) -> int:

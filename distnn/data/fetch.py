@@ -10,6 +10,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from tqdm import tqdm
+
 from distnn.data.catalog import ENV_OFFLINE, DatasetSpec, FileSpec, dataset_folder
 from distnn.data.errors import CorruptFileError, DatasetNotFoundError
 
@@ -53,8 +55,6 @@ def download_file(url: str, dest: Path, md5: str | None, quiet: bool = False) ->
     where it would be read as complete. Concurrent downloads of the same file (several ranks)
     are safe: each writes its own temp file and the last rename wins with identical bytes.
     """
-    from tqdm import tqdm
-
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")

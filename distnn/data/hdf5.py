@@ -20,9 +20,10 @@ import os
 import tempfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 
-from distnn.data.datasets import Dataset
+from distnn.data.base import Dataset
 from distnn.data.errors import CorruptFileError, DataError
 
 FORMAT, VERSION = "distnn-images", 1
@@ -39,8 +40,6 @@ def write_h5(path: str | os.PathLike, splits: dict, name: str, provenance: str,
              chunk_bytes: int = CHUNK_BYTES) -> Path:
     """Write {split: Dataset} to `path` (via a temp file + os.replace, so a crash never leaves a
     partial file at `path`). Images are copied in blocks, never all in memory."""
-    import h5py
-
     path = Path(path)
     first = next(iter(splits.values()))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,8 +74,6 @@ class H5Dataset(Dataset):
     samples asked for (the file stays open until close())."""
 
     def __init__(self, path: str | os.PathLike, split: str):
-        import h5py
-
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"{self.path}: no such HDF5 file")
@@ -97,7 +94,7 @@ class H5Dataset(Dataset):
                                                              f"{f.attrs.get('format')!r}, "
                                                              f"expected {FORMAT!r}")
         if split not in f or "images" not in f[split] or "labels" not in f[split]:
-            have = [k for k in f.keys()]
+            have = list(f)
             raise DataError(f"{self.path}: no split {split!r} (with images and labels); the file "
                             f"holds {have}")
         self._images = f[split]["images"]
@@ -130,7 +127,7 @@ class H5Dataset(Dataset):
         ordered = idx[order]
         # Runs of consecutive indices (evaluation reads contiguous blocks) are one slice each.
         cuts = np.flatnonzero(np.diff(ordered) != 1) + 1
-        for a, b in zip(np.r_[0, cuts], np.r_[cuts, idx.size]):
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, idx.size], strict=True):
             out[order[a:b]] = self._images[ordered[a]:ordered[b - 1] + 1]
         return out
 

@@ -109,6 +109,7 @@ class BatchIterator:
                 self._thread = threading.Thread(target=_produce, args=args,
                                                 name="distnn-prefetch", daemon=True)
                 self._thread.start()
+            assert self._queue is not None  # set with the thread
             batch = self._queue.get()
             if isinstance(batch, BaseException):
                 self.close()

@@ -66,7 +66,7 @@ class ShardSampler:
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.local_batch = self.global_batch // self.world_size
         self.epoch = 0
-        self._order = None
+        self._order: np.ndarray | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -82,10 +82,12 @@ class ShardSampler:
 
     def order(self) -> np.ndarray:
         """The current epoch's order of all n indices (computed once per epoch)."""
-        if self._order is None:
-            self._order = (epoch_permutation(self.num_samples, self.seed, self.epoch)
-                           if self.shuffle else np.arange(self.num_samples, dtype=np.int64))
-        return self._order
+        order = self._order
+        if order is None:
+            order = (epoch_permutation(self.num_samples, self.seed, self.epoch)
+                     if self.shuffle else np.arange(self.num_samples, dtype=np.int64))
+            self._order = order
+        return order
 
     def global_indices(self, step: int) -> np.ndarray:
         """(m,) int64: the whole global batch of `step` (m = B, or less for the last one)."""

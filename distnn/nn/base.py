@@ -9,6 +9,7 @@ running statistics) into a third flat buffer (`self.s[name]`).
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from distnn.nn.errors import ShapeError
 
@@ -18,11 +19,11 @@ class Layer:
 
     kind = "layer"
 
-    def __init__(self, name: str | None = None):
+    def __init__(self, name: str | None = None) -> None:
         self.name = name or self.kind
         self.in_shape: tuple[int, ...] | None = None
         self.out_shape: tuple[int, ...] | None = None
-        self.dtype = np.dtype(np.float32)
+        self.dtype: np.dtype = np.dtype(np.float32)
         self.input_grad = True  # False on the first layer: nobody needs d(loss)/d(images)
         self.p: dict[str, np.ndarray] = {}
         self.g: dict[str, np.ndarray] = {}
@@ -30,14 +31,15 @@ class Layer:
         self._scratch: dict[str, np.ndarray] = {}
 
     # -- construction -------------------------------------------------------------------------
-    def build(self, in_shape: tuple[int, ...], dtype=np.float32) -> tuple[int, ...]:
+    def build(self, in_shape: tuple[int, ...], dtype: DTypeLike = np.float32) -> tuple[int, ...]:
         """Fix the per-sample input shape and dtype; return the per-sample output shape."""
         self.in_shape = tuple(int(d) for d in in_shape)
         self.dtype = np.dtype(dtype)
         self.out_shape = tuple(int(d) for d in self._build(self.in_shape))
         return self.out_shape
 
-    def _build(self, in_shape):
+    def _build(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Check the per-sample input shape; return the per-sample output shape."""
         return in_shape
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -61,12 +63,12 @@ class Layer:
         if not isinstance(x, np.ndarray) or x.dtype != self.dtype:
             got = getattr(x, "dtype", type(x).__name__)
             raise ShapeError(f"{self.name}: input dtype {got}, expected {self.dtype}")
-        if x.ndim != len(self.in_shape) + 1 or x.shape[1:] != self.in_shape:
+        if x.shape[1:] != self.in_shape:
             raise ShapeError(
                 f"{self.name}: input shape {x.shape}, expected (N,) + {self.in_shape}"
             )
 
-    def buffer(self, key: str, shape: tuple[int, ...], dtype=None,
+    def buffer(self, key: str, shape: tuple[int, ...], dtype: DTypeLike | None = None,
                zero: bool = False) -> np.ndarray:
         """A work buffer reused across steps while the shape stays the same (no per-step malloc).
         With `zero`, a newly allocated buffer starts zeroed (for kernels that never write some

@@ -22,33 +22,17 @@ Every loop that vectorises reads one shifted view per tap. Indexing shifted view
 `a[i, P + off]` with a run-time offset, which the compiler must assume could be negative and
 wrap around) is what lets it vectorise at all (measured: 5x). The views are written out in
 each kernel: built by a shared helper returning a tuple, the weight gradient ran 17 % slower.
+
+distnn/nn/conv/direct.py drives these kernels and says which convs use them.
 """
 
-import numba as nb
-import numpy as np
+from distnn.nn.jit import njit, njit_fastmath
 
-# nogil: the conv layers run these on several threads (distnn/nn/threads.py).
-_JIT = dict(cache=True, fastmath=False, boundscheck=False, nogil=True)
 # Multiply-adds may fuse (FMA). The weight gradient's sums may also be reassociated, which is
 # what lets them run in vector lanes; the order is fixed by the compiled code, so results are
 # still the same from run to run.
-_FMA = dict(cache=True, fastmath={"contract"}, boundscheck=False, nogil=True)
-_SUM = dict(cache=True, fastmath={"contract", "reassoc"}, boundscheck=False,
-            nogil=True)
-
-# Below this many channels or filters a 3x3 stride-1 conv runs here instead of as im2col +
-# GEMM (measured with `python -m benchmarks.step_throughput --model seed --profile`).
-MAX_THIN = 16
-
-
-def usable(kernel: int, stride: int, pad: int) -> bool:
-    """3x3, stride 1, padding 0, 1 or 2 (so that the input gradient's padding 2 - pad >= 0)."""
-    return kernel == 3 and stride == 1 and 0 <= pad <= 2
-
-
-def worthwhile(channels: int, filters: int) -> bool:
-    """Whether the direct form is expected to beat im2col + GEMM (a thin layer)."""
-    return min(channels, filters) < MAX_THIN
+_fma = njit_fastmath("contract")
+_sum = njit_fastmath("contract", "reassoc")
 
 
 def buffer_shapes(batch, in_shape, filters, pad):
@@ -63,7 +47,7 @@ def buffer_shapes(batch, in_shape, filters, pad):
             "ox_even": ((c + 1) // 2, h * wp), "ox_odd": (c // 2, h * wp)}
 
 
-@nb.njit(**_FMA)
+@_fma
 def _correlate_one(ai, w, i, j, oj, wp, m):
     """oj[P] += sum_{ky, kx} w[i, ky, kx, j] * ai[P + ky*wp + kx] (the odd filter out)."""
     a00, a01, a02 = ai[0:], ai[1:], ai[2:]
@@ -77,7 +61,7 @@ def _correlate_one(ai, w, i, j, oj, wp, m):
                  + w11 * a11[p] + w12 * a12[p] + w20 * a20[p] + w21 * a21[p] + w22 * a22[p])
 
 
-@nb.njit(**_FMA)
+@_fma
 def correlate(a, w, even, odd, wp, m):
     """o[j, P] = sum_{i, ky, kx} w[i, ky, kx, j] * a[i, P + ky*wp + kx] for P < m (3x3 taps),
     with the even rows of o (j = 0, 2, ...) in `even` and the odd ones in `odd`.
@@ -116,7 +100,7 @@ def correlate(a, w, even, odd, wp, m):
             _correlate_one(ai, w, i, jn - 1, even[jn // 2], wp, m)
 
 
-@nb.njit(**_SUM)
+@_sum
 def _grad_pair(ai, dj, dk, dw, i, j, wp, m):
     """dw[i, ky, kx, j] += sum_P ai[P + ky*wp + kx] * dj[P], and dw[..., j + 1] with dk."""
     a00, a01, a02 = ai[0:], ai[1:], ai[2:]
@@ -159,7 +143,7 @@ def _grad_pair(ai, dj, dk, dw, i, j, wp, m):
     dw[i, 2, 0, j + 1], dw[i, 2, 1, j + 1], dw[i, 2, 2, j + 1] = t20, t21, t22
 
 
-@nb.njit(**_SUM)
+@_sum
 def _grad_one(ai, dj, dw, i, j, wp, m):
     """dw[i, ky, kx, j] += sum_P ai[P + ky*wp + kx] * dj[P] (the odd filter out)."""
     a00, a01, a02 = ai[0:], ai[1:], ai[2:]
@@ -184,7 +168,7 @@ def _grad_one(ai, dj, dw, i, j, wp, m):
     dw[i, 2, 0, j], dw[i, 2, 1, j], dw[i, 2, 2, j] = s20, s21, s22
 
 
-@nb.njit(**_JIT)
+@njit
 def correlate_grad(a, d, start, dw, wp, m):
     """dw[i, ky, kx, j] += sum_{P < m} a[i, P + ky*wp + kx] * d[j, start + P] (the adjoint of
     `correlate` with respect to w). a (I, >= m + 2*wp + 2), d (J, >= start + m), dw (I, 3, 3, J).
@@ -205,7 +189,7 @@ def correlate_grad(a, d, start, dw, wp, m):
 # a stride of C on the NHWC side (measured: 1.5-2.4x faster than channels innermost).
 
 
-@nb.njit(**_JIT)
+@njit
 def _to_planar(x, a, start, wp):
     """a[c, start + y*wp + x] = x[y, x, c] for x (H, W, C); the rest of a is left as is."""
     h, w, c = x.shape
@@ -218,7 +202,7 @@ def _to_planar(x, a, start, wp):
                 dst[xx] = src[xx * c]
 
 
-@nb.njit(**_JIT)
+@njit
 def _from_planar(even, odd, out, wp, b, relu):
     """out[y, x, k] = o[k, y*wp + x] (+ b[k], then ReLU if `relu`), out (Ho, Wo, F), o's even
     and odd rows in `even` and `odd`. b: None or (F,)."""
@@ -237,7 +221,7 @@ def _from_planar(even, odd, out, wp, b, relu):
                 dst[xx * f] = v
 
 
-@nb.njit(**_JIT)
+@njit
 def forward(x, wf, b, out, relu, pad, planar, o_even, o_odd):
     """out (N, Ho, Wo, F) = conv(x (N, H, W, C)) + b, then ReLU if `relu`. wf (C, 3, 3, F)
     holds the filters as wf[c, ky, kx, f] = W[ky, kx, c, f]. planar (N, C, La) receives the
@@ -254,7 +238,7 @@ def forward(x, wf, b, out, relu, pad, planar, o_even, o_odd):
         _from_planar(o_even, o_odd, out[n], wp, b, relu)
 
 
-@nb.njit(**_JIT)
+@njit
 def backward(planar, dout, out, relu, wb, dw, db, dx, want_dx, pad, dz, ox_even, ox_odd):
     """Gradients of `forward`: dw (C, 3, 3, F) (as dw[c, ky, kx, f] = dW[ky, kx, c, f]), db (F,)
     and, if `want_dx`, dx (N, H, W, C). planar: what `forward` left there; dout (N, Ho, Wo, F):

@@ -1,4 +1,5 @@
-"""The few exceptions of distnn.nn. Each message names the layer, the value and what was expected."""
+"""The few exceptions of distnn.nn. Each message names the layer, the value and what was
+expected."""
 
 
 class SpecError(ValueError):

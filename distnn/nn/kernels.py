@@ -2,19 +2,16 @@
 
 All kernels write into caller-provided buffers so the training step does not allocate.
 They compile lazily per dtype (float32 for training, float64 for gradient checks) and are
-cached on disk (`cache=True`).
+cached on disk (distnn/nn/jit.py).
 """
 
-import numba as nb
 import numpy as np
 
 from distnn.nn.errors import ShapeError
-
-# nogil: the conv layers run these on several threads (distnn/nn/threads.py).
-_JIT = dict(cache=True, fastmath=False, boundscheck=False, nogil=True)
+from distnn.nn.jit import njit
 
 
-@nb.njit(**_JIT)
+@njit
 def im2col(x, cols, kh, kw, stride, pad, ho, wo):
     """x: (N, H, W, C) -> cols: (N*Ho*Wo, KH*KW*C), row r = (n, i, j), column = (p, q, c).
 
@@ -38,7 +35,7 @@ def im2col(x, cols, kh, kw, stride, pad, ho, wo):
                                 cols[row, base + ch] = 0.0
 
 
-@nb.njit(**_JIT)
+@njit
 def col2im(cols, dx, kh, kw, stride, pad, ho, wo):
     """Adjoint of im2col: scatter-add cols (N*Ho*Wo, KH*KW*C) into dx (N, H, W, C) (zeroed here)."""
     n_, h, w, c = dx.shape
@@ -60,7 +57,7 @@ def col2im(cols, dx, kh, kw, stride, pad, ho, wo):
                             dx[n, y, xx, ch] += cols[row, base + ch]
 
 
-@nb.njit(**_JIT)
+@njit
 def bias_relu_(out2d, b, relu):
     """In place: out2d (M, F) += b (F,), then ReLU if `relu`."""
     m, f = out2d.shape
@@ -72,7 +69,7 @@ def bias_relu_(out2d, b, relu):
             out2d[r, k] = v
 
 
-@nb.njit(**_JIT)
+@njit
 def relu_mask_bias_grad_(dout2d, out2d, db, relu):
     """One pass over dout2d (M, F): zero it where the fused ReLU output out2d <= 0 (if `relu`),
     and write the bias gradient db (F,) = column sums of the result."""
@@ -87,7 +84,7 @@ def relu_mask_bias_grad_(dout2d, out2d, db, relu):
             db[k] += g
 
 
-@nb.njit(**_JIT)
+@njit
 def relu_backward_(dout, out):
     """In place on flat arrays: dout[i] = 0 where out[i] <= 0 (out is the ReLU output)."""
     for i in range(dout.size):
@@ -95,7 +92,7 @@ def relu_backward_(dout, out):
             dout[i] = 0.0
 
 
-@nb.njit(**_JIT)
+@njit
 def _pair_max(row, m, k, wo, c):
     """m[j*c + ch] = max(row[2j*c + ch], row[(2j+1)*c + ch]), k = 1 where the second is strictly
     greater (so the first wins a tie); row is an NHWC image row, flattened."""
@@ -111,7 +108,7 @@ def _pair_max(row, m, k, wo, c):
                 k[j * c + ch] = 0
 
 
-@nb.njit(**_JIT)
+@njit
 def _maxpool2_forward(x, out, arg):
     """maxpool_forward for 2x2 windows, stride 2: pairs within each of the two rows, then the
     two rows against each other over whole flattened rows (contiguous: vectorises). The
@@ -134,7 +131,7 @@ def _maxpool2_forward(x, out, arg):
                     a[t] = k0[t]
 
 
-@nb.njit(**_JIT)
+@njit
 def maxpool_forward(x, out, arg, size, stride):
     """x: (N, H, W, C) -> out: (N, Ho, Wo, C); arg (N, Ho, Wo, C) int32 holds the window offset.
 
@@ -167,7 +164,7 @@ def maxpool_forward(x, out, arg, size, stride):
                                 a[ch] = k
 
 
-@nb.njit(**_JIT)
+@njit
 def _maxpool2_backward(dout, arg, dx):
     """maxpool_backward for 2x2 windows, stride 2, over flattened rows (2.5x faster)."""
     n_, ho, wo, c = dout.shape
@@ -185,7 +182,7 @@ def _maxpool2_backward(dout, arg, dx):
                         row[base + c + ch] = v if k == 2 * p + 1 else 0.0
 
 
-@nb.njit(**_JIT)
+@njit
 def maxpool_backward(dout, arg, dx, size, stride):
     """Route dout (N, Ho, Wo, C) to the argmax of each window in dx (N, H, W, C) (zeroed here)."""
     n_, ho, wo, c = dout.shape
@@ -213,7 +210,7 @@ def maxpool_backward(dout, arg, dx, size, stride):
                                     row[ch] += g[ch]
 
 
-@nb.njit(**_JIT)
+@njit
 def avgpool_forward(x, out, size, stride):
     """x: (N, H, W, C) -> out: (N, Ho, Wo, C), mean over each size×size window."""
     n_, ho, wo, c = out.shape
@@ -229,7 +226,7 @@ def avgpool_forward(x, out, size, stride):
                     out[n, i, j, ch] = s * scale
 
 
-@nb.njit(**_JIT)
+@njit
 def avgpool_backward(dout, dx, size, stride):
     """Spread dout (N, Ho, Wo, C) evenly over each window of dx (N, H, W, C) (zeroed here)."""
     n_, ho, wo, c = dout.shape

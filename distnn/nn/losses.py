@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from distnn.nn.errors import ShapeError
@@ -18,7 +20,8 @@ def _check(scores: np.ndarray, y: np.ndarray, where: str) -> None:
         )
 
 
-def softmax_cross_entropy(scores: np.ndarray, y: np.ndarray, denom: int | None = None):
+def softmax_cross_entropy(scores: np.ndarray, y: np.ndarray,
+                          denom: int | None = None) -> tuple[float, np.ndarray]:
     """scores: (N, K), y: (N,) ints -> (loss, dscores (N, K)).
 
     Subtracting each row's maximum keeps exp() finite for any logits. `denom` divides the summed
@@ -39,7 +42,8 @@ def softmax_cross_entropy(scores: np.ndarray, y: np.ndarray, denom: int | None =
     return loss, dscores.astype(scores.dtype, copy=False)
 
 
-def svm_hinge(scores: np.ndarray, y: np.ndarray, delta: float = 1.0, denom: int | None = None):
+def svm_hinge(scores: np.ndarray, y: np.ndarray, delta: float = 1.0,
+              denom: int | None = None) -> tuple[float, np.ndarray]:
     """Multiclass SVM: sum over j != y of max(0, s_j - s_y + delta). Returns (loss, dscores)."""
     _check(scores, y, "svm_hinge")
     n = scores.shape[0]
@@ -55,4 +59,5 @@ def svm_hinge(scores: np.ndarray, y: np.ndarray, delta: float = 1.0, denom: int 
     return loss, dscores
 
 
-LOSSES = {"softmax": softmax_cross_entropy, "svm": svm_hinge}
+LOSSES: dict[str, Callable[..., tuple[float, np.ndarray]]] = {
+    "softmax": softmax_cross_entropy, "svm": svm_hinge}

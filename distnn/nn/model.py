@@ -8,8 +8,12 @@ so an allreduce or an optimizer step is one call over one array.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+from typing import Any, cast
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from distnn.nn.activations import ELU, LeakyReLU, Maxout, ReLU, Sigmoid, Tanh
 from distnn.nn.base import Layer
@@ -52,9 +56,14 @@ def build_layer(spec: dict, index: int) -> Layer:
         raise SpecError(f"layer {index} ({kind}): {exc}") from None
 
 
-def _layout(layers, shapes_of):
+Slot = tuple[Layer, str, tuple[int, ...], int]  # (layer, array name, shape, offset)
+
+
+def _layout(layers: Sequence[Layer],
+            shapes_of: Callable[[Layer], dict[str, tuple[int, ...]]]) -> tuple[list[Slot], int]:
     """Offsets of every named array in one flat buffer, each aligned to _ALIGN elements."""
-    slots, total = [], 0
+    slots: list[Slot] = []
+    total = 0
     for layer in layers:
         for name, shape in shapes_of(layer).items():
             slots.append((layer, name, shape, total))
@@ -69,8 +78,8 @@ class Sequential:
     The arrays returned by forward are work buffers reused by the next call: copy to keep them.
     """
 
-    def __init__(self, specs: list[dict], input_shape, seed: int = 0, dtype=np.float32,
-                 extra_grad_slots: int = 0):
+    def __init__(self, specs: Sequence[dict[str, Any]], input_shape: Sequence[int],
+                 seed: int = 0, dtype: DTypeLike = np.float32, extra_grad_slots: int = 0) -> None:
         if not isinstance(specs, (list, tuple)) or not specs:
             raise SpecError(f"model: layers={specs!r}, expected a non-empty list of layer specs")
         self.specs = [dict(s) if isinstance(s, dict) else s for s in specs]
@@ -91,13 +100,13 @@ class Sequential:
         for layer in self.layers:
             layer.init_params(rng)
 
-    def _fuse_relus(self):
-        for prev, layer in zip(self.layers, self.layers[1:]):
+    def _fuse_relus(self) -> None:
+        for prev, layer in pairwise(self.layers):
             if isinstance(layer, ReLU) and isinstance(prev, (Conv2D, Dense)):
                 prev.fuse_relu = layer.fused = True
                 layer.fused_backward = isinstance(prev, Conv2D)
 
-    def _bind(self, extra: int):
+    def _bind(self, extra: int) -> None:
         pslots, ptotal = _layout(self.layers, lambda layer: layer.param_shapes())
         sslots, stotal = _layout(self.layers, lambda layer: layer.state_shapes())
         self.params = np.zeros(ptotal, self.dtype)
@@ -132,10 +141,11 @@ class Sequential:
     def backward(self, dout: np.ndarray) -> None:
         """Back-propagate d(loss)/d(scores); overwrites model.grads."""
         for layer in reversed(self.layers):
-            dout = layer.backward(dout)
+            # Only the first layer returns None (it computes no input gradient).
+            dout = cast(np.ndarray, layer.backward(dout))
 
-    def forward_backward(self, x, y, loss: str = "softmax", l2: float = 0.0,
-                         denom: int | None = None) -> tuple[float, np.ndarray]:
+    def forward_backward(self, x: np.ndarray, y: np.ndarray, loss: str = "softmax",
+                         l2: float = 0.0, denom: int | None = None) -> tuple[float, np.ndarray]:
         """One training pass: returns (data loss + L2 penalty, scores). Gradients in model.grads.
 
         `denom` divides summed losses (default N); with L2, each call adds the full penalty
@@ -172,12 +182,14 @@ class Sequential:
 
     def predict(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
         """Scores in evaluation mode (dropout off, BatchNorm running statistics), as a new array."""
-        outs = [self.forward(x[i:i + batch], training=False).copy() for i in range(0, len(x), batch)]
+        outs = [self.forward(x[i:i + batch], training=False).copy()
+                for i in range(0, len(x), batch)]
         return np.concatenate(outs) if outs else np.zeros((0,) + self.output_shape, self.dtype)
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every named parameter and state array, e.g. 'conv0.W', 'batchnorm2.running_var'."""
+        """Copies of every named parameter and state array, e.g. 'conv0.W',
+        'batchnorm2.running_var'."""
         return {name: arr.copy() for name, arr in self._named.items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -189,7 +201,8 @@ class Sequential:
         for name, arr in self._named.items():
             value = np.asarray(state[name])
             if value.shape != arr.shape:
-                raise StateError(f"model state: {name} has shape {value.shape}, expected {arr.shape}")
+                raise StateError(
+                    f"model state: {name} has shape {value.shape}, expected {arr.shape}")
         for name, arr in self._named.items():
             arr[...] = state[name]
 
@@ -199,6 +212,7 @@ class Sequential:
         rows.append(f"{'input':<16}{'':<34}{str(self.input_shape):<18}{0:>10}")
         for layer in self.layers:
             count = sum(p.size for p in layer.p.values())
-            rows.append(f"{layer.name:<16}{layer.describe():<34}{str(layer.out_shape):<18}{count:>10}")
+            rows.append(f"{layer.name:<16}{layer.describe():<34}{str(layer.out_shape):<18}"
+                        f"{count:>10}")
         rows.append(f"{'total':<68}{self.num_params:>10}")
         return "\n".join(rows)

@@ -15,35 +15,17 @@ GEMM flops. The backward pass is the exact adjoint of these linear maps, again a
 Tiles are laid out t = (n * th + i) * tw + j, arrays as (16, rows, channels) so that each of the
 16 GEMMs reads and writes a contiguous matrix (rows >= tiles: see padded_tiles); the kernels
 fill or read the first N*th*tw rows. The kernels below do the transforms (memory-bound
-loops with the channel innermost, so the compiler vectorises them); conv.py drives them chunk by
-chunk of images so that the transformed tiles stay in cache between a transform and its GEMMs.
+loops with the channel innermost, so the compiler vectorises them); conv/winograd.py drives them
+chunk by chunk of images so that the transformed tiles stay in cache between a transform and its
+GEMMs, and says which convs use them.
 """
 
-import numba as nb
 import numpy as np
 
-# nogil: the conv layers run these on several threads (distnn/nn/threads.py).
-_JIT = dict(cache=True, fastmath=False, boundscheck=False, nogil=True)
+from distnn.nn.jit import njit
 
 # G of the filter transform (4x3); B^T and A^T are written out in the kernels.
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-
-
-# Below this many input channels or filters the 16 GEMMs are too thin to pay for the
-# transforms: im2col + GEMM is faster (measured with benchmarks/step_throughput.py --profile:
-# 3->32 and 10->10 convs at 32x32 are 25-30 % slower as Winograd, 32->32 is 2x faster).
-MIN_CHANNELS = 16
-
-
-def usable(kernel: int, stride: int, ho: int, wo: int) -> bool:
-    """Whether a convolution has the shape F(2x2, 3x3) covers exactly: 3x3, stride 1, even
-    output height and width (any padding)."""
-    return kernel == 3 and stride == 1 and ho % 2 == 0 and wo % 2 == 0
-
-
-def worthwhile(channels: int, filters: int) -> bool:
-    """Whether Winograd is expected to beat im2col + GEMM for this many channels and filters."""
-    return min(channels, filters) >= MIN_CHANNELS
 
 
 def padded_tiles(tiles: int) -> int:
@@ -68,7 +50,7 @@ def filter_transform_adjoint(du, dw, gt, tmp):
     np.matmul(gt[None], tmp, out=dw.reshape(3, 3, cf))
 
 
-@nb.njit(**_JIT)
+@njit
 def input_transform(x, v, pad, th, tw):
     """x (N, H, W, C) -> v (16, N*th*tw, C): B^T d B of every 4x4 input tile (zero padding
     outside x). Tile (i, j) starts at input row 2i - pad, column 2j - pad."""
@@ -104,7 +86,7 @@ def input_transform(x, v, pad, th, tw):
                         v[4 * a + 3, t, ch] = d1 - d3
 
 
-@nb.njit(**_JIT)
+@njit
 def output_transform(m, out, bias, relu, th, tw):
     """m (16, N*th*tw, F) -> out (N, 2*th, 2*tw, F) = A^T M A + bias, then ReLU if `relu`.
 
@@ -140,7 +122,7 @@ def output_transform(m, out, bias, relu, th, tw):
                         row[k] = v
 
 
-@nb.njit(**_JIT)
+@njit
 def output_transform_adjoint(dout, dm, th, tw):
     """dout (N, 2*th, 2*tw, F) -> dm (16, N*th*tw, F) = A dY A^T of every 2x2 tile dY.
     (Through the tile buffer g: see output_transform.)"""
@@ -179,7 +161,7 @@ def output_transform_adjoint(dout, dm, th, tw):
                     dm[15, t, k] = -w3
 
 
-@nb.njit(**_JIT)
+@njit
 def input_transform_adjoint(dv, dx, pad, th, tw):
     """dv (16, N*th*tw, C) -> dx (N, H, W, C) (zeroed here): B dV B^T of every tile, added onto
     the input positions the tile covers (tiles overlap by two rows and columns)."""

@@ -63,7 +63,8 @@ def _write_h5(fh: h5py.File, snap: Snapshot) -> None:
         norm.create_dataset("std", data=snap.normalization[1])
     fh.attrs.update(format=FORMAT, step=snap.step, epoch=snap.epoch,
                     step_in_epoch=snap.step_in_epoch, config=snap.config_yaml,
-                    model_spec=json.dumps(snap.model_spec), coordinator=json.dumps(snap.coordinator))
+                    model_spec=json.dumps(snap.model_spec),
+                    coordinator=json.dumps(snap.coordinator))
 
 
 def save_checkpoint(snap: Snapshot, path: Path) -> None:

@@ -13,8 +13,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from distnn.config import Config
+from distnn.config import Config, to_dict
+from distnn.data import BatchIterator, RandomCropFlip
+from distnn.exit_codes import ExitCode
 from distnn.train import checkpoint as ckpt
 from distnn.train.errors import TrainingDiverged
 from distnn.train.evaluate import evaluate
@@ -22,7 +25,6 @@ from distnn.train.metrics import progress
 from distnn.train.state import RunState
 from distnn.train.step import DataParallelStep, check_replicas
 
-EXIT_OK, EXIT_DIVERGED, EXIT_RESUMABLE = 0, 3, 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -57,9 +59,10 @@ class Coordinator:
         es = cfg.early_stopping
         self.state.early.mode, self.state.early.patience = es.mode, es.patience
         self.state.early.min_delta = es.min_delta
-        self.best_params = None
+        self.best_params: tuple[np.ndarray, np.ndarray] | None = None
         t = cfg.train
-        self.step_fn = DataParallelStep(self.model, self.optimizer, comm, t.loss, t.l2, t.grad_accum)
+        self.step_fn = DataParallelStep(self.model, self.optimizer, comm, t.loss, t.l2,
+                                        t.grad_accum)
         self.is_root = comm.rank == 0
         self.last_update_ratio = self.last_grad_norm = float("nan")
         self._before = np.empty_like(self.model.params)  # for the update ratio, reused
@@ -79,8 +82,6 @@ class Coordinator:
     # -- one epoch ------------------------------------------------------------------------------
     def run_epoch(self, flag: SignalFlag) -> int | None:
         """Train the rest of the current epoch; an exit code if training must end now."""
-        from distnn.data import BatchIterator
-
         s, cfg = self.state, self.cfg
         self.sampler.set_epoch(s.epoch)
         steps = self.sampler.steps_per_epoch
@@ -112,8 +113,6 @@ class Coordinator:
     def augment(self):
         if not self.cfg.data.augment:
             return None
-        from distnn.data import RandomCropFlip
-
         return RandomCropFlip(pad=4, flip=True)
 
     def train_step(self, x, y, flag: SignalFlag) -> int | None:
@@ -143,9 +142,9 @@ class Coordinator:
             check_replicas(self.model, self.comm, s.step)
         if res.stop:
             self.save("last")
-            return EXIT_RESUMABLE
+            return ExitCode.RESUMABLE
         if t.max_steps and s.step >= t.max_steps:
-            return EXIT_OK
+            return ExitCode.OK
         if t.eval_every_steps and s.step % t.eval_every_steps == 0 \
                 and s.step_in_epoch < self.sampler.steps_per_epoch:
             self.validate(lr)  # logged only: early stopping and plateau decide per epoch
@@ -210,10 +209,6 @@ class Coordinator:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def snapshot(self) -> ckpt.Snapshot:
-        import yaml
-
-        from distnn.config import to_dict
-
         s = self.state
         if hasattr(self.schedule, "state_dict"):
             s.schedule = self.schedule.state_dict()
@@ -261,7 +256,7 @@ class Coordinator:
         with SignalFlag() as flag:
             while s.epoch < cfg.train.epochs:
                 code = self.run_epoch(flag)
-                if code == EXIT_RESUMABLE:
+                if code == ExitCode.RESUMABLE:
                     return code
                 stop = self.end_epoch() if code is None or s.step_in_epoch else False
                 s = self.state
@@ -271,4 +266,4 @@ class Coordinator:
             # Restore the best weights whether or not patience ran out.
             self.model.params[...] = self.best_params[0]
             self.model.state[...] = self.best_params[1]
-        return EXIT_OK
+        return ExitCode.OK

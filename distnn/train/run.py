@@ -9,33 +9,48 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from distnn.comm import Communicator
 from distnn.config import Config, save_config
+from distnn.data import ShardSampler, compute_normalization
+from distnn.exit_codes import ExitCode
+from distnn.nn import Sequential
 from distnn.nn import threads as nn_threads
+from distnn.optim import LinearWarmup, Schedule, UpdateRule
 from distnn.train import checkpoint as ckpt
 from distnn.train.errors import CheckpointError
 from distnn.train.evaluate import evaluate
-from distnn.train.loop import Coordinator, EXIT_OK
+from distnn.train.loop import Coordinator
 from distnn.train.metrics import MetricsLog
-from distnn.train.setup import (rank_threads, build_model, build_optimizer, build_schedule,
-                                load_splits)
+from distnn.train.setup import (
+    Splits,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    load_splits,
+    rank_threads,
+)
+
+ScheduleLike = Schedule | LinearWarmup
 
 
 @dataclass
 class Parts:
-    splits: object
-    model: object
-    optimizer: object
-    schedule: object
-    normalization: tuple | None
-    sampler: object
+    """What the coordinator trains with, built identically on every rank."""
+
+    splits: Splits
+    model: Sequential
+    optimizer: UpdateRule
+    schedule: ScheduleLike
+    normalization: tuple[np.ndarray, np.ndarray] | None
+    sampler: ShardSampler
 
 
 @dataclass
 class TrainResult:
-    exit_code: int
+    exit_code: int  # an ExitCode
     run_dir: Path
-    test: dict | None
-    model: object
+    test: dict | None  # accuracy, loss, n on the test split (None unless finished)
+    model: Sequential
 
 
 def broadcast_arrays(tree, comm):
@@ -50,7 +65,8 @@ def broadcast_arrays(tree, comm):
     out = {}
     for key, value in skeleton.items():
         if isinstance(value, tuple) and len(value) == 3 and value[0] == "array":
-            arr = np.ascontiguousarray(tree[key]) if comm.rank == 0 else np.empty(value[1], value[2])
+            arr = (np.ascontiguousarray(tree[key]) if comm.rank == 0
+                   else np.empty(value[1], value[2]))
             out[key] = comm.broadcast_(arr) if arr.size else arr
         else:
             out[key] = value
@@ -87,8 +103,6 @@ def normalization_for(cfg: Config, train, comm):
     """Per-channel mean/std of the training split, computed once on rank 0 and broadcast."""
     if not cfg.data.normalize:
         return None
-    from distnn.data import compute_normalization
-
     stats = None
     if comm.rank == 0:
         mean, std = compute_normalization(train)
@@ -98,8 +112,6 @@ def normalization_for(cfg: Config, train, comm):
 
 
 def build_parts(cfg: Config, comm, resume_snap) -> Parts:
-    from distnn.data import ShardSampler
-
     splits = load_splits(cfg)
     if resume_snap is not None:
         norm = resume_snap.normalization
@@ -114,7 +126,8 @@ def build_parts(cfg: Config, comm, resume_snap) -> Parts:
     return Parts(splits, model, build_optimizer(cfg, model), build_schedule(cfg), norm, sampler)
 
 
-def train(cfg: Config, comm, run_dir: Path, resume: Path | None = None) -> TrainResult:
+def train(cfg: Config, comm: Communicator, run_dir: Path,
+          resume: Path | None = None) -> TrainResult:
     """Train per `cfg` on this worker. Collective: every rank of `comm` must call."""
     run_dir = Path(run_dir)
     threads = rank_threads(cfg.train.threads, comm.size)
@@ -122,7 +135,7 @@ def train(cfg: Config, comm, run_dir: Path, resume: Path | None = None) -> Train
     with threadpool_limits(threads), nn_threads.limit(threads):
         snap = load_on_root(resume, list(cfg.model), comm)
         best = None
-        if snap is not None:
+        if snap is not None and resume is not None:
             best_path = Path(resume).parent / "best.h5"
             # Only rank 0's view of the file system counts: load_on_root broadcasts it.
             best = load_on_root(best_path if best_path.exists() else None, list(cfg.model), comm)
@@ -136,7 +149,7 @@ def train(cfg: Config, comm, run_dir: Path, resume: Path | None = None) -> Train
             coord.restore(snap, best)
         code = coord.run()
         test = None
-        if code == EXIT_OK:
+        if code == ExitCode.OK:
             t0 = time.perf_counter()
             test = evaluate(parts.model, parts.splits.test, comm, parts.normalization,
                             cfg.train.loss)

@@ -65,7 +65,7 @@ class RunState:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "RunState":
+    def from_json(cls, data: dict) -> RunState:
         data = dict(data)
         data["early"] = EarlyStopping(**data.get("early", {}))
         return cls(**data)

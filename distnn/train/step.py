@@ -1,5 +1,6 @@
 """One data-parallel optimizer step of one replica: local forward/backward, one fused allreduce,
-the unchanged update rule. Gradient averaging sits between backward and the update (house rule 2).
+the unchanged update rule. Gradient averaging sits between backward and the update, as in
+Horovod's DistributedOptimizer: the update rules never see the world size.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class DataParallelStep:
 
 def parameter_checksum(params: np.ndarray) -> int:
     """CRC-32 of the raw bytes: equal on every rank iff the replicas are bit-identical."""
-    return zlib.crc32(memoryview(params).cast("B"))
+    return zlib.crc32(params.data.cast("B"))
 
 
 def check_replicas(model, comm, step: int) -> None:

@@ -28,7 +28,8 @@ def test_local_is_rank_0_of_1_and_returns_buffers_unchanged():
 
 
 def test_unknown_backend_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown communicator backend 'nccl'; valid: local, mpi, ray"):
+    with pytest.raises(ValueError,
+                       match=r"unknown communicator backend 'nccl'; valid: local, mpi, ray"):
         create_communicator("nccl")
     assert BACKENDS == ("local", "mpi", "ray")
 

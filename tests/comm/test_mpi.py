@@ -45,7 +45,8 @@ def test_sigkill_of_one_rank_ends_the_job(fault):
     # the PID and signal, not the rank: a dead rank cannot speak for itself.
     proc, secs = run_module(2, "tests.comm.fault_job", fault)
     assert proc.returncode != 0 and secs < 30, (proc.returncode, secs)
-    assert "BAD TERMINATION" in proc.stdout + proc.stderr and "signal 9" in proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "BAD TERMINATION" in output and "signal 9" in output
     assert "collective completed" not in proc.stdout
 
 

@@ -14,8 +14,9 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray not installed (pip install 'distnn[ray]')")
 
 from distnn.comm import BACKENDS, create_communicator  # noqa: E402
-from distnn.comm.ray import (SEGMENT_PREFIX, SMALL_BYTES, RayCommunicator,  # noqa: E402
-                             create_group, release_segments)
+from distnn.comm.ray import SMALL_BYTES, RayCommunicator  # noqa: E402
+from distnn.comm.rendezvous import create_group, release_segments  # noqa: E402
+from distnn.comm.shm import SEGMENT_PREFIX  # noqa: E402
 from tests.comm import contract  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

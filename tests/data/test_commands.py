@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 
 import numpy as np
-import pytest
 
 from distnn.data import H5Dataset, catalog, get_dataset
 from distnn.data.commands import register_data_commands

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from distnn.data import CorruptFileError, DatasetNotFoundError, get_dataset
-from distnn.data.idx import encode_idx, write_idx_gz
+from distnn.data.idx import encode_idx
 
 from .conftest import SHARED_DATA, needs_shared
 

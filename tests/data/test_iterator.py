@@ -9,8 +9,14 @@ import time
 import numpy as np
 import pytest
 
-from distnn.data import (ArrayDataset, BatchIterator, H5Dataset, RandomCropFlip, ShardSampler,
-                         write_h5)
+from distnn.data import (
+    ArrayDataset,
+    BatchIterator,
+    H5Dataset,
+    RandomCropFlip,
+    ShardSampler,
+    write_h5,
+)
 
 NORM = (np.array([0.5, 0.4, 0.3], np.float32), np.array([0.2, 0.25, 0.3], np.float32))
 
@@ -43,7 +49,7 @@ def test_prefetch_yields_exactly_the_synchronous_batches():
     sampler.set_epoch(4)
     eager, lazy = batches(ds, sampler, prefetch=True), batches(ds, sampler, prefetch=False)
     assert len(eager) == len(lazy) == sampler.steps_per_epoch == 6
-    for step, ((xa, ya), (xb, yb)) in enumerate(zip(eager, lazy)):
+    for step, ((xa, ya), (xb, yb)) in enumerate(zip(eager, lazy, strict=True)):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
         np.testing.assert_array_equal(ya, ds.labels[sampler.local_indices(step)])
@@ -57,7 +63,7 @@ def test_start_step_resumes_mid_epoch():
     full = batches(ds, sampler)
     tail = batches(ds, sampler, start_step=4)
     assert len(tail) == len(full) - 4
-    for (xa, ya), (xb, yb) in zip(full[4:], tail):
+    for (xa, ya), (xb, yb) in zip(full[4:], tail, strict=True):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
     assert batches(ds, sampler, start_step=sampler.steps_per_epoch) == []
@@ -130,7 +136,7 @@ def test_hdf5_source_gives_the_same_batches(tmp_path):
     path = write_h5(tmp_path / "toy.h5", {"train": ds}, "toy", "test data")
     sampler = ShardSampler(len(ds), 6, 1, 3, seed=2)
     with H5Dataset(path, "train") as lazy:
-        for (xa, ya), (xb, yb) in zip(batches(ds, sampler), batches(lazy, sampler)):
+        for (xa, ya), (xb, yb) in zip(batches(ds, sampler), batches(lazy, sampler), strict=True):
             np.testing.assert_array_equal(xa, xb)
             np.testing.assert_array_equal(ya, yb)
     with pytest.raises(ValueError, match="sampler covers 44"):

@@ -52,7 +52,6 @@ def test_regenerating_reproduces_the_bundled_bytes(tmp_path, mnist_train, mnist_
 def test_quickstart_reaches_95_percent_in_under_a_cpu_minute(tmp_path):
     """The quickstart on mini_mnist (4.4 s wall on an idle 2-core machine). CPU time is the
     bound, not wall time: this machine is shared, and wall time depends on the neighbours."""
-    pytest.importorskip("distnn.train.commands", reason="distnn.train not available")
     env = {**os.environ, "DISTNN_OFFLINE": "1"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run([sys.executable, "-m", "distnn.cli", "train", "--backend", "local",

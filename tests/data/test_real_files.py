@@ -53,7 +53,7 @@ def test_fashion_mnist_is_balanced_with_its_class_names():
 def test_read_keeps_the_order_asked_for_and_allows_duplicates(mnist_test):
     idx = np.array([9, 3, 3, 0, 9999])
     x = mnist_test.read(idx)
-    for row, i in zip(x, idx):
+    for row, i in zip(x, idx, strict=True):
         np.testing.assert_array_equal(row, mnist_test.read(np.array([i]))[0])
     assert mnist_test.read(np.array([], dtype=np.int64)).shape == (0, 28, 28, 1)
     with pytest.raises(IndexError, match="10000"):

@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distnn.data import (ArrayDataset, BatchIterator, RandomCropFlip, ShardSampler,
-                         compute_normalization, to_float, write_h5)
+from distnn.data import (
+    ArrayDataset,
+    BatchIterator,
+    RandomCropFlip,
+    ShardSampler,
+    compute_normalization,
+    to_float,
+    write_h5,
+)
 from distnn.data.transforms import sample_draws
 
 
@@ -67,7 +74,7 @@ def test_each_output_is_a_zero_padded_crop_possibly_mirrored():
     ds = image_set(20, shape=(8, 8, 3))
     out = RandomCropFlip(pad=2)(ds.images, np.arange(20), seed=1, epoch=0)
     assert out.shape == ds.images.shape and out.dtype == np.uint8
-    for img, got in zip(ds.images, out):
+    for img, got in zip(ds.images, out, strict=True):
         padded = np.pad(img, ((2, 2), (2, 2), (0, 0)))
         assert any(np.array_equal(got, c) for c in windows(padded, 8, 8))
 
@@ -85,7 +92,7 @@ def test_no_op_settings_return_the_input():
     ds = image_set(3)
     assert RandomCropFlip(pad=0, flip=False)(ds.images, np.arange(3), 0, 0) is ds.images
     mirrored = RandomCropFlip(pad=0, flip=True)(ds.images, np.arange(3), 0, 0)
-    for img, got in zip(ds.images, mirrored):
+    for img, got in zip(ds.images, mirrored, strict=True):
         assert np.array_equal(got, img) or np.array_equal(got, img[:, ::-1])
     with pytest.raises(ValueError, match="pad"):
         RandomCropFlip(pad=-1)
@@ -103,7 +110,7 @@ def test_augmentation_does_not_depend_on_world_size_or_rank(world):
             sampler.set_epoch(2)
             with BatchIterator(ds, sampler, augment=aug, prefetch=False) as it:
                 for step, (x, _) in enumerate(it):
-                    for i, row in zip(sampler.local_indices(step), x):
+                    for i, row in zip(sampler.local_indices(step), x, strict=True):
                         got[int(i)] = row
         per_index[size] = got
     assert per_index[1].keys() == per_index[world].keys() == set(range(50))

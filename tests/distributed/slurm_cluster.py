@@ -9,6 +9,7 @@ The daemons are stopped by the pids they wrote, never by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -137,8 +138,8 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         """Cancel this cluster's jobs, then stop its daemons by the pids in its own pid files."""
         if self._pid("slurmctld") is not None and _alive(self._pid("slurmctld")):
             try:
-                self.cmd("scancel", "--full", "--user", pwd.getpwuid(os.getuid()).pw_name, check=False,
-                         timeout=10)
+                self.cmd("scancel", "--full", "--user", pwd.getpwuid(os.getuid()).pw_name,
+                         check=False, timeout=10)
                 deadline = time.monotonic() + 15
                 while time.monotonic() < deadline and self.cmd(
                         "squeue", "-h", "-t", "RUNNING,COMPLETING", check=False,
@@ -158,10 +159,8 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
             while time.monotonic() < deadline and _alive(pid):
                 time.sleep(0.1)
             if _alive(pid):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
     def log_tail(self, n: int = 40) -> str:
         out = []

@@ -28,7 +28,8 @@ def test_n_ranks_equal_one_rank(tmp_path, ranks):
     assert one.returncode == 0, one.stderr
     many = run(["train", str(cfg), "--run-dir", str(tmp_path / "many")], ranks=ranks)
     assert many.returncode == 0, many.stderr
-    a, b = params(tmp_path / "one/checkpoints/last.h5"), params(tmp_path / "many/checkpoints/last.h5")
+    a = params(tmp_path / "one/checkpoints/last.h5")
+    b = params(tmp_path / "many/checkpoints/last.h5")
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=RTOL, atol=ATOL, err_msg=k)
     # consistency_every=1: every step compared a CRC of the parameters across ranks.

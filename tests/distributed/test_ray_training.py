@@ -112,7 +112,8 @@ def test_two_ray_workers_equal_one_process(head, tmp_path):
     many = ray_train(head, cfg, tmp_path / "many")
     assert many.returncode == 0, many.stdout + many.stderr
     assert "rank 1 of 2 is pid" in many.stderr and "test accuracy" in many.stdout
-    a, b = params(tmp_path / "one/checkpoints/last.h5"), params(tmp_path / "many/checkpoints/last.h5")
+    a = params(tmp_path / "one/checkpoints/last.h5")
+    b = params(tmp_path / "many/checkpoints/last.h5")
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=RTOL, atol=ATOL, err_msg=k)
     m1, mn = metrics(tmp_path / "one"), metrics(tmp_path / "many")

@@ -4,7 +4,7 @@ compute the same forward pass and gradients, whole batch or chunk by chunk of im
 import numpy as np
 import pytest
 
-from distnn.nn import Sequential, conv, direct, softmax_cross_entropy, threads, winograd
+from distnn.nn import Sequential, SpecError, conv, softmax_cross_entropy, threads, winograd
 
 CASES = [  # (per-sample input shape, filters, pad, batch)
     ((8, 8, 3), 5, 1, 3),
@@ -83,8 +83,8 @@ def test_direct_reuses_dirty_buffers():
 def test_thread_count_does_not_change_results(monkeypatch, algorithm):
     """Bit-identical outputs and gradients on 1, 2 and 3 threads: 20 images in one-image chunks
     make 16 groups of uneven size, so the threads share them unevenly."""
-    monkeypatch.setattr(conv, "CHUNK_TILES", 1)
-    monkeypatch.setattr(conv, "CHUNK_ROWS", 1)
+    monkeypatch.setattr(conv.Winograd, "CHUNK_TILES", 1)
+    monkeypatch.setattr(conv.Im2col, "CHUNK_ROWS", 1)
     base = run((8, 8, 3), 4, 1, 20, np.float32, algorithm)
     for count in (2, 3):
         with threads.limit(count):
@@ -96,19 +96,45 @@ def test_thread_count_does_not_change_results(monkeypatch, algorithm):
 @pytest.mark.parametrize("algorithm", ["winograd", "im2col"])
 def test_chunking_does_not_change_results(monkeypatch, algorithm):
     whole = run((8, 8, 3), 4, 1, 5, np.float64, algorithm)
-    monkeypatch.setattr(conv, "CHUNK_TILES", 1)  # one image per chunk
-    monkeypatch.setattr(conv, "CHUNK_ROWS", 1)
+    monkeypatch.setattr(conv.Winograd, "CHUNK_TILES", 1)  # one image per chunk
+    monkeypatch.setattr(conv.Im2col, "CHUNK_ROWS", 1)
     chunked = run((8, 8, 3), 4, 1, 5, np.float64, algorithm)
     np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-12, atol=1e-13)
 
 
+def conv_layer(kernel, stride, pad, ho=8, wo=8, channels=3, filters=4):
+    """A built Conv2D with this kernel, stride and padding and an output of ho x wo."""
+    layer = conv.Conv2D(filters, kernel, stride, pad)
+    size = [(o - 1) * stride + kernel - 2 * pad for o in (ho, wo)]
+    layer.build((*size, channels))
+    assert layer.out_shape[:2] == (ho, wo)
+    return layer
+
+
+def test_algorithms_fit():
+    winograd_fits, direct_fits = conv.Winograd.fits, conv.Direct.fits
+    assert winograd_fits(conv_layer(3, 1, 1))
+    assert not winograd_fits(conv_layer(3, 1, 1, ho=7)) and not winograd_fits(conv_layer(3, 2, 1))
+    assert not winograd_fits(conv_layer(5, 1, 2))
+    assert direct_fits(conv_layer(3, 1, 0)) and direct_fits(conv_layer(3, 1, 2))
+    assert not direct_fits(conv_layer(3, 1, 3)) and not direct_fits(conv_layer(3, 2, 1))
+    assert not direct_fits(conv_layer(5, 1, 2))
+    assert all(conv.Im2col.fits(conv_layer(k, s, p)) for k, s, p in ((3, 1, 3), (5, 2, 1)))
+
+
+def test_forcing_an_algorithm_that_does_not_fit_is_refused():
+    layer = conv_layer(3, 1, 1, ho=7)
+    layer.algorithm = "direct"
+    assert layer.algorithm == "direct"
+    for name in ("winograd", "fft"):
+        with pytest.raises(SpecError, match=r"conv: algorithm '\w+'.*7x8 output.*'direct'"):
+            layer.algorithm = name
+    assert layer.algorithm == "direct"
+
+
 def test_algorithm_choice():
-    assert winograd.usable(3, 1, 8, 8)
-    assert not winograd.usable(3, 1, 7, 8) and not winograd.usable(3, 2, 8, 8)
-    assert not winograd.usable(5, 1, 8, 8)
-    assert direct.usable(3, 1, 0) and direct.usable(3, 1, 2)
-    assert not direct.usable(3, 1, 3) and not direct.usable(3, 2, 1) and not direct.usable(5, 1, 2)
+    assert conv.ALGORITHMS[-1] is conv.Im2col  # it fits every conv: the fallback
     model = Sequential([dict(type="conv", filters=32, kernel=3, pad=1),
                         dict(type="conv", filters=32, kernel=3, pad=1),
                         dict(type="conv", filters=32, kernel=2, stride=2)], (8, 8, 3), seed=0)

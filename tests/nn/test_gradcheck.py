@@ -7,8 +7,15 @@ maxout) are checked on inputs kept away from their kinks, with the same bound.
 import numpy as np
 import pytest
 
-from distnn.nn import direct, winograd
-from distnn.nn import check_layer, numerical_grad, rel_error, softmax_cross_entropy, svm_hinge
+from distnn.nn import (
+    Sequential,
+    check_layer,
+    conv,
+    numerical_grad,
+    rel_error,
+    softmax_cross_entropy,
+    svm_hinge,
+)
 from tests.nn.helpers import built
 
 BOUND = 1e-6
@@ -43,10 +50,10 @@ def test_conv(in_shape, spec):
     # Check every algorithm that applies (the default for a shape depends on its channel
     # counts, so force each).
     three = spec["kernel"] == 3 and spec["stride"] == 1
-    usable = winograd.usable(spec["kernel"], spec["stride"], *layer.out_shape[:2])
-    assert usable == (three and layer.out_shape[0] % 2 == 0)
-    assert direct.usable(spec["kernel"], spec["stride"], spec["pad"]) == three
-    algorithms = ["im2col"] + ["winograd"] * usable + ["direct"] * three
+    winograd = conv.Winograd.fits(layer)
+    assert winograd == (three and layer.out_shape[0] % 2 == 0)
+    assert conv.Direct.fits(layer) == three
+    algorithms = ["im2col"] + ["winograd"] * winograd + ["direct"] * three
     x = np.random.default_rng(1).standard_normal((2,) + in_shape)
     for algorithm in algorithms:
         layer.algorithm = algorithm
@@ -56,8 +63,6 @@ def test_conv(in_shape, spec):
 
 def test_fused_conv_relu_equals_separate_layers():
     """conv→relu is fused into one pass; a no-op layer in between prevents the fusion."""
-    from distnn.nn import Sequential
-
     conv = dict(type="conv", filters=3, kernel=3, pad=1)
     tail = [dict(type="flatten"), dict(type="dense", units=4)]
     fused = Sequential([conv, dict(type="relu")] + tail, (5, 5, 2), seed=1, dtype=np.float64)
@@ -74,10 +79,12 @@ def test_fused_conv_relu_equals_separate_layers():
 
 
 @pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
-@pytest.mark.parametrize("in_shape,size,stride", [((4, 4, 3), 2, 2), ((5, 5, 2), 3, 2), ((6, 6, 1), 3, 3)])
+@pytest.mark.parametrize("in_shape,size,stride",
+                         [((4, 4, 3), 2, 2), ((5, 5, 2), 3, 2), ((6, 6, 1), 3, 3)])
 def test_pool(kind, in_shape, size, stride):
     layer = built(dict(type=kind, size=size, stride=stride), in_shape)
-    x = np.random.default_rng(3).permutation(np.arange(2 * np.prod(in_shape))).reshape((2,) + in_shape) / 7.0
+    values = np.random.default_rng(3).permutation(np.arange(2 * np.prod(in_shape)))
+    x = values.reshape((2,) + in_shape) / 7.0
     errs = check_layer(layer, x.astype(np.float64))
     assert errs["x"] < BOUND, errs
 
@@ -113,7 +120,8 @@ def test_activations(spec, in_shape):
 @pytest.mark.parametrize("training", [True, False])
 def test_dropout(training):
     layer = built(dict(type="dropout", rate=0.4), (4, 4, 3))
-    errs = check_layer(layer, np.random.default_rng(7).standard_normal((3, 4, 4, 3)), training=training)
+    x = np.random.default_rng(7).standard_normal((3, 4, 4, 3))
+    errs = check_layer(layer, x, training=training)
     assert errs["x"] < BOUND
 
 

@@ -10,7 +10,8 @@ CONV = dict(type="conv", filters=10, kernel=3, pad=1)
 
 def small_cnn(dtype=np.float32, seed=0, init="he"):
     specs = [dict(CONV, init=init), dict(type="relu"), dict(CONV, init=init), dict(type="relu"),
-             dict(type="maxpool", size=2), dict(type="flatten"), dict(type="dense", units=10, init=init)]
+             dict(type="maxpool", size=2), dict(type="flatten"),
+             dict(type="dense", units=10, init=init)]
     return Sequential(specs, (8, 8, 3), seed=seed, dtype=dtype)
 
 
@@ -56,7 +57,8 @@ def test_same_seed_same_model_bit_for_bit():
 
 
 def test_init_scales():
-    for init, expected in (("small", 0.01), ("he", np.sqrt(2 / 27)), ("xavier", np.sqrt(2 / (27 + 90)))):
+    for init, expected in (("small", 0.01), ("he", np.sqrt(2 / 27)),
+                           ("xavier", np.sqrt(2 / (27 + 90)))):
         w = small_cnn(init=init).layers[0].p["W"]
         assert abs(w.std() - expected) / expected < 0.15, (init, w.std())
 

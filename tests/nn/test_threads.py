@@ -2,6 +2,7 @@
 
 import multiprocessing
 import threading
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def test_groups_split_chunks_evenly(chunks):
     groups = threads.groups(chunks)
     assert len(groups) == min(chunks, threads.GROUPS)
     assert groups[0][0] == 0 and groups[-1][1] == chunks
-    assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
+    assert all(a[1] == b[0] for a, b in pairwise(groups))
     sizes = [stop - first for first, stop in groups]
     assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
 

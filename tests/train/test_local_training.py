@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from distnn.data import get_dataset
-
 from tests.train.runs import metrics, params, run, start, wait_for, write_config
 
 

@@ -1,0 +1,231 @@
+"""`distnn train CONFIG --backend ray --workers N [--address ADDR] [--max-failures K]`.
+
+The driver (this process) connects to a Ray cluster (`--address`, else `RAY_ADDRESS`, else it
+starts a local one), reserves N one-CPU bundles in a placement group (PACK), starts N worker
+actors in it (ray_worker.py) and a rendezvous actor (num_cpus=0) for their collectives, and has
+every worker run the same `run_worker` as every other backend, on a `RayCommunicator`.
+
+Failures: when a worker actor dies (its process killed, its node lost), the driver notices
+(`RayActorError` from that worker's task), kills the rest of the group, logs what happened and,
+while fewer than `--max-failures` restarts have been used, starts a new group that resumes from
+`<run_dir>/checkpoints/last.h5` (`--resume auto` semantics). An exception or `comm.abort` on a
+rank ends the job without a restart (the same error would come back), like under MPI.
+
+Signals: SIGTERM/SIGUSR1 to the driver are forwarded (as SIGUSR1) to rank 0's process; the loop
+then checkpoints at the next step on all ranks and the job exits 75, as with every backend.
+
+Imported only when the Ray backend is chosen (it imports ray).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
+
+from distnn.comm.rendezvous import create_group, release_segments
+from distnn.config import Config
+from distnn.exit_codes import ExitCode
+from distnn.launch.ray_cluster import BadInput, connect, log
+from distnn.launch.ray_worker import Worker
+from distnn.launch.rundir import choose_run_dir
+from distnn.launch.worker import Outcome, report
+
+READY_TIMEOUT = 120.0  # seconds to wait for the placement group and the actors to start
+
+
+def launch(args: argparse.Namespace, cfg: Config) -> int:
+    """Run `cfg` on `args.workers` Ray actors; returns the exit code of `distnn train`."""
+    workers = cfg.comm.workers if args.workers is None else args.workers
+    max_failures = cfg.comm.max_failures if args.max_failures is None else args.max_failures
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        if workers < 1:
+            raise BadInput(f"--workers must be >= 1, got {workers}")
+        if max_failures < 0:
+            raise BadInput(f"--max-failures must be >= 0, got {max_failures}")
+        if not address and workers > (os.cpu_count() or 1):
+            raise BadInput(f"--workers {workers} needs {workers} CPUs (one per worker), but "
+                           f"this machine has {os.cpu_count()} (for a cluster, pass --address "
+                           f"or set RAY_ADDRESS)")
+        connect(address)
+        try:
+            return _launch(args, cfg, workers, max_failures, address)
+        finally:
+            ray.shutdown()
+    except BadInput as exc:
+        log(f"error: {exc}")
+        return ExitCode.BAD_INPUT
+
+
+def _reserve(workers: int, where: str) -> PlacementGroup:
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if workers > cpus:
+        raise BadInput(f"--workers {workers} needs {workers} CPUs (one per worker), but {where} "
+                       f"has {cpus:g}")
+    pg = placement_group([{"CPU": 1}] * workers, strategy="PACK")
+    try:
+        ray.get(pg.ready(), timeout=READY_TIMEOUT)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        raise BadInput(f"could not reserve {workers} CPUs on {where} within {READY_TIMEOUT:g} s "
+                       f"(other jobs hold them? `ray status` shows the usage)") from None
+    return pg
+
+
+def _launch(args: argparse.Namespace, cfg: Config, workers: int, max_failures: int,
+            address: str | None) -> int:
+    pg = _reserve(workers, f"the Ray cluster at {address}" if address else "the local Ray")
+    # Decided once, absolute, so that restarted groups write to the same place.
+    run_dir = choose_run_dir(args.run_dir, args.resume, cfg.name).resolve()
+    resume, failures = args.resume, 0
+    try:
+        with _Signals() as signals:
+            while True:
+                ended = _Group(pg, workers, signals).run(cfg, run_dir, resume)
+                if isinstance(ended, Outcome):
+                    report(ended)
+                    return ended.exit_code
+                if failures >= max_failures:
+                    log(f"{ended}; no restart left (--max-failures {max_failures}): giving up")
+                    return ExitCode.FAILED
+                failures += 1
+                last = run_dir / "checkpoints" / "last.h5"
+                log(f"{ended}; restarting the worker group ({failures} of --max-failures "
+                    f"{max_failures}), resuming from "
+                    f"{last if last.exists() else 'the start (no checkpoint yet)'}")
+                resume = "auto"
+    finally:
+        remove_placement_group(pg)
+
+
+class _Signals:
+    """SIGTERM/SIGUSR1 on the driver: remembered, forwarded to rank 0 by the wait loop."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._old: dict = {}
+
+    def __enter__(self) -> _Signals:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            # Outside the main thread (launch called from a thread) there is no forwarding.
+            with contextlib.suppress(ValueError):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.pending = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+@ray.remote(num_cpus=0)
+def _send_sigusr1(pid: int) -> None:
+    os.kill(pid, signal.SIGUSR1)
+
+
+class _Group:
+    """One worker group: N actors in the placement group and their rendezvous."""
+
+    def __init__(self, pg: PlacementGroup, workers: int, signals: _Signals):
+        self.workers, self.signals = workers, signals
+        self.rendezvous, _ = create_group(workers)
+        actor_cls = ray.remote(num_cpus=1, max_restarts=0)(Worker)
+        # Actor handles: Ray's stubs do not know the remote methods of a wrapped class.
+        self.actors: list[Any] = [
+            actor_cls.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_bundle_index=r)).remote()
+            for r in range(workers)]
+        self.infos: list[dict] = []
+
+    def run(self, cfg: Config, run_dir: Path, resume: str | None) -> Outcome | str:
+        """Start the group and wait for it. Returns rank 0's Outcome when the job ends
+        (finished, stopped, bad input, or aborted by a rank), or what died when a restart may
+        help."""
+        try:
+            ray.get(self.rendezvous.set_workers.remote(self.actors), timeout=READY_TIMEOUT)
+            self.infos = ray.get([a.info.remote() for a in self.actors], timeout=READY_TIMEOUT)
+            for r, info in enumerate(self.infos):
+                log(f"rank {r} of {self.workers} is pid {info['pid']} on {info['host']}")
+            refs = [a.run.remote(r, self.workers, self.rendezvous, cfg, str(run_dir), resume,
+                                 os.getcwd()) for r, a in enumerate(self.actors)]
+            return self._wait(refs)
+        except ray.exceptions.GetTimeoutError:
+            raise BadInput(f"the {self.workers} worker actors did not start within "
+                           f"{READY_TIMEOUT:g} s") from None
+        finally:
+            self._stop()
+
+    def _wait(self, refs: list) -> Outcome | str:
+        rank_of = {ref: r for r, ref in enumerate(refs)}
+        pending, results = list(refs), {}
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            if self.signals.pending:
+                self.signals.pending = False
+                self._forward_signal()
+            for ref in ready:
+                r = rank_of[ref]
+                try:
+                    results[r] = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    return self._died(r, exc)
+                except ray.exceptions.RayTaskError as exc:
+                    log(f"rank {r} failed: {exc}")
+                    return Outcome(ExitCode.FAILED, None, None)
+        return results[0]
+
+    def _forward_signal(self) -> None:
+        """SIGUSR1 to rank 0's process, from a zero-CPU task on its node."""
+        info = self.infos[0]
+        log(f"signal received: asking rank 0 (pid {info['pid']}) to checkpoint and stop")
+        node = info.get("node_id")
+        strategy = NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT"
+        _send_sigusr1.options(scheduling_strategy=strategy).remote(info["pid"])
+
+    def _died(self, rank: int, exc: Exception) -> Outcome | str:
+        try:
+            aborted = ray.get(self.rendezvous.abort_info.remote(), timeout=10)
+        except Exception:  # rendezvous gone too: treat as a death
+            aborted = None
+        if aborted is not None:
+            a_rank, message, code = aborted
+            log(f"rank {a_rank} aborted the job (exit {code}): {message}")
+            return Outcome(code, None, None)
+        info = self.infos[rank]
+        return (f"worker rank {rank} (pid {info['pid']} on {info['host']}) "
+                f"died{_death_reason(exc)}")
+
+    def _stop(self) -> None:
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        try:  # killed workers leave their shared memory behind
+            release_segments(self.rendezvous,
+                             [i["node_id"] for i in self.infos] if self.infos else None)
+        except Exception as exc:  # best effort: report, do not mask the outcome
+            log(f"warning: could not remove the group's shared memory: {exc}")
+        ray.kill(self.rendezvous, no_restart=True)
+
+
+def _death_reason(exc: Exception) -> str:
+    """The first sentence of Ray's explanation, e.g. "The actor is dead because its worker
+    process has died." plus its exit type, kept to one short line."""
+    text = " ".join(str(exc).split())
+    first = text.split(". ")[0].strip()
+    kind = ""
+    if "Worker exit type:" in text:
+        kind = "; " + text[text.index("Worker exit type:"):].split(" Worker exit detail")[0]
+    return f" ({first[:160]}{kind[:60]})" if first else ""
+

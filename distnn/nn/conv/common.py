@@ -1,0 +1,70 @@
+"""Helpers the conv algorithms share.
+
+Chunks of images run as tasks on distnn.nn.threads (one thread unless set otherwise); each
+worker has its own scratch buffers ("<name><worker>"), each group of chunks its own partial
+weight gradient, summed in group order (see threads.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from distnn.nn import kernels, threads
+from distnn.nn.conv.algorithm import ConvLayer
+
+
+def kept_input(layer: ConvLayer, x: np.ndarray) -> np.ndarray:
+    """The input for backward to rebuild each chunk's columns (or tiles) from: it must not
+    change before then. The model's own buffers do not; the caller's input array (first layer)
+    might: there, a copy."""
+    if layer.input_grad:
+        return x
+    keep = layer.buffer("x", x.shape)
+    keep[...] = x
+    return keep
+
+
+def bias_grad(layer: ConvLayer, dout: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """dout as (N*Ho*Wo, F), masked where the fused ReLU's output is zero, and layer.g["b"],
+    in one pass (the ReLU layer then passes dout through untouched)."""
+    dout2d = dout.reshape(-1, layer.filters)
+    kernels.relu_mask_bias_grad_(dout2d, out.reshape(-1, layer.filters), layer.g["b"],
+                                 layer.fuse_relu)
+    return dout2d
+
+
+def chunk_ranges(n: int, step: int) -> list[tuple[int, int]]:
+    """[n0, n1) of each chunk of `step` images of a batch of n."""
+    return [(n0, min(n, n0 + step)) for n0 in range(0, n, step)]
+
+
+def per_worker(layer: ConvLayer, key: str, shape: tuple[int, ...], workers: int,
+               zero: bool = False) -> list[np.ndarray]:
+    return [layer.buffer(f"{key}{w}", shape, zero=zero) for w in range(workers)]
+
+
+def accumulate(chunks: Sequence[tuple[int, int]], groups: Sequence[tuple[int, int]],
+               acc: np.ndarray, part: Sequence[np.ndarray],
+               work: Callable[[int, int, int, np.ndarray], None]) -> None:
+    """Run work(worker, n0, n1, dest) for every chunk [n0, n1) on the pool, one group of
+    chunks per task. `work` writes its chunk's partial weight gradient into dest: acc[g]
+    for the group's first chunk, else the worker's part[w], which is then added to acc[g]
+    (chunk order within the group)."""
+
+    def job(w: int, g: int) -> None:
+        first, stop = groups[g]
+        for i in range(first, stop):
+            work(w, *chunks[i], acc[g] if i == first else part[w])
+            if i != first:
+                acc[g] += part[w]
+
+    threads.run(job, range(len(groups)))
+
+
+def sum_groups(parts: np.ndarray, out: np.ndarray) -> None:
+    """out = parts[0] + parts[1] + ... in this order (whatever the thread count)."""
+    out[...] = parts[0]
+    for part in parts[1:]:
+        out += part

@@ -1,0 +1,110 @@
+"""Winograd F(2x2, 3x3): 3x3 stride-1 convs with an even output, wide enough to pay.
+
+Drives the transforms of distnn/nn/winograd.py (where the method is explained) chunk by chunk of
+images, so that the transformed tiles stay in cache between a transform and its 16 GEMMs.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from distnn.nn import threads, winograd
+from distnn.nn.conv import common
+from distnn.nn.conv.algorithm import ConvAlgorithm, ConvLayer
+
+
+class Winograd(ConvAlgorithm):
+    name = "winograd"
+    # Winograd tiles (2x2 outputs each) processed at a time; measured with
+    # `python -m benchmarks.step_throughput --model cifar --batch 128 --threads 1`.
+    CHUNK_TILES: ClassVar[int] = 256
+    # Below this many input channels or filters the 16 GEMMs are too thin to pay for the
+    # transforms: im2col + GEMM is faster (measured with benchmarks/step_throughput.py --profile:
+    # 3->32 and 10->10 convs at 32x32 are 25-30 % slower as Winograd, 32->32 is 2x faster).
+    MIN_CHANNELS: ClassVar[int] = 16
+    x: np.ndarray  # the input, for backward
+    u: np.ndarray  # the transformed filters, for backward (the weights do not change between)
+
+    @staticmethod
+    def fits(layer: ConvLayer) -> bool:
+        """The shape F(2x2, 3x3) covers exactly: 3x3, stride 1, even output height and width
+        (any padding)."""
+        return (layer.kernel == 3 and layer.stride == 1 and layer.ho % 2 == 0
+                and layer.wo % 2 == 0)
+
+    @staticmethod
+    def worthwhile(layer: ConvLayer) -> bool:
+        return min(layer.channels, layer.filters) >= Winograd.MIN_CHANNELS
+
+    def _chunk(self, layer: ConvLayer, n: int) -> int:
+        """Images per chunk: about CHUNK_TILES tiles (see Im2col._chunk)."""
+        return max(1, min(n, self.CHUNK_TILES // ((layer.ho // 2) * (layer.wo // 2))))
+
+    @staticmethod
+    def _filters(layer: ConvLayer) -> np.ndarray:
+        """The transformed filters U (16, C, F) of the current weights."""
+        c, f = layer.channels, layer.filters
+        g = layer.buffer("G", (4, 3))
+        g[...] = winograd.G
+        u = layer.buffer("U", (16, c, f))
+        winograd.filter_transform(layer.p["W"], u, g, layer.buffer("u_tmp", (4, 3, c * f)))
+        return u
+
+    @staticmethod
+    def _buffers(layer: ConvLayer, step: int,
+                 workers: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per-worker V (16, rows, C) and M (16, rows, F) for chunks of `step` images."""
+        rows = winograd.padded_tiles(step * (layer.ho // 2) * (layer.wo // 2))
+        return (common.per_worker(layer, "V", (16, rows, layer.channels), workers),
+                common.per_worker(layer, "M", (16, rows, layer.filters), workers))
+
+    def forward(self, layer: ConvLayer, x: np.ndarray, out: np.ndarray) -> None:
+        n, th, tw = x.shape[0], layer.ho // 2, layer.wo // 2
+        u = self.u = self._filters(layer)
+        step = self._chunk(layer, n)
+        chunks = common.chunk_ranges(n, step)
+        v, m = self._buffers(layer, step, threads.workers(len(chunks)))
+
+        def job(w: int, i: int) -> None:
+            n0, n1 = chunks[i]
+            t = (n1 - n0) * th * tw
+            # The kernels take the whole (contiguous) buffers and fill the first t tiles.
+            winograd.input_transform(x[n0:n1], v[w], layer.pad, th, tw)
+            np.matmul(v[w][:, :t], u, out=m[w][:, :t])
+            winograd.output_transform(m[w], out[n0:n1], layer.p["b"], layer.fuse_relu, th, tw)
+
+        threads.run(job, range(len(chunks)))
+        self.x = common.kept_input(layer, x)
+
+    def backward(self, layer: ConvLayer, dout: np.ndarray, out: np.ndarray,
+                 dx: np.ndarray | None) -> None:
+        x, u, c, f = self.x, self.u, layer.channels, layer.filters
+        n, th, tw = x.shape[0], layer.ho // 2, layer.wo // 2
+        dout = common.bias_grad(layer, dout, out).reshape(n, layer.ho, layer.wo, f)
+        step = self._chunk(layer, n)
+        chunks = common.chunk_ranges(n, step)
+        groups = threads.groups(len(chunks))
+        k = threads.workers(len(groups))
+        v, dm = self._buffers(layer, step, k)
+        part = common.per_worker(layer, "dU_part", (16, c, f), k)
+        dus = layer.buffer("dU_groups", (len(groups), 16, c, f))
+
+        def work(w: int, n0: int, n1: int, du_chunk: np.ndarray) -> None:
+            t = (n1 - n0) * th * tw
+            vc, dmc = v[w][:, :t], dm[w][:, :t]
+            winograd.input_transform(x[n0:n1], v[w], layer.pad, th, tw)
+            winograd.output_transform_adjoint(dout[n0:n1], dm[w], th, tw)
+            np.matmul(vc.transpose(0, 2, 1), dmc, out=du_chunk)
+            if dx is not None:  # the chunk's V is used: reuse it for dV
+                np.matmul(dmc, u.transpose(0, 2, 1), out=vc)
+                winograd.input_transform_adjoint(v[w], dx[n0:n1], layer.pad, th, tw)
+
+        common.accumulate(chunks, groups, dus, part, work)
+        du = layer.buffer("dU", (16, c, f))
+        common.sum_groups(dus, du)
+        gt = layer.buffer("GT", (3, 4))
+        gt[...] = winograd.G.T
+        winograd.filter_transform_adjoint(du, layer.g["W"], gt,
+                                          layer.buffer("du_tmp", (3, 4, c * f)))
