@@ -2,16 +2,26 @@
 
 Every key is checked where it enters: unknown keys, wrong types and out-of-range values raise
 ConfigError naming the dotted key, the value and what was expected.
+
+The `optimizer:` and `schedule:` keys are what distnn.optim declares for the rule `name` names
+(distnn.optim.hparams_of), checked there. A key that only other rules take is an error naming
+them (`optimizer.mu: adam does not take mu (taken by momentum, nesterov); ...`), except that
+`--set optimizer.name=adam` drops the file's keys that the new rule does not take.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+from distnn import optim
 
 
 class ConfigError(ValueError):
@@ -44,33 +54,29 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
+    """`optimizer:` an update rule of distnn.optim.RULES. `params`: its hyper-parameters as the
+    rule declares them (checked, defaults filled in), written flat beside `name` in the YAML."""
+
     name: str = "momentum"
-    mu: float = 0.9
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    decay_rate: float = 0.99
-    weight_decay: float = 0.0  # AdamW's decoupled decay
+    params: Mapping[str, Any] = field(default_factory=lambda: _defaults("optimizer", "momentum"))
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
+    """`schedule:` a schedule of distnn.optim.SCHEDULES. `params`: what make_schedule takes for
+    it (base_lr, its own keys, warmup_epochs, warmup_start_factor; checked, defaults filled in),
+    flat beside `name` in the YAML. The three other keys are the trainer's."""
+
     name: str = "constant"
-    base_lr: float = 0.05
     per: str = "step"  # evaluate the schedule every "step" or once per "epoch"
-    drop: float = 0.5
-    every: float = 10.0
-    gamma: float = 0.95
-    k: float = 0.1
-    total_epochs: float = 0.0  # cosine length (0: train.epochs)
-    min_lr: float = 0.0
-    warmup_epochs: float = 0.0
-    warmup_start_factor: float = 0.1
-    scale_lr: bool = False  # Goyal et al.: base_lr * global_batch / reference_batch
+    scale_lr: bool = False  # Goyal et al.: base_lr * train.global_batch / reference_batch
     reference_batch: int = 256
-    factor: float = 0.1  # plateau
-    patience: int = 5
-    cooldown: int = 0
+    params: Mapping[str, Any] = field(default_factory=lambda: _defaults("schedule", "constant"))
+
+    @property
+    def base_lr(self) -> float:
+        """The configured rate, before scale_lr."""
+        return float(self.params["base_lr"])
 
 
 @dataclass(frozen=True)
@@ -113,25 +119,21 @@ class Config:
 
 CHOICES = {
     "train.loss": ("softmax", "svm"),
-    "optimizer.name": ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"),
-    "schedule.name": ("constant", "step", "exponential", "inverse_time", "cosine", "plateau"),
+    "optimizer.name": tuple(optim.RULES),
+    "schedule.name": tuple(optim.SCHEDULES),
     "schedule.per": ("step", "epoch"),
     "early_stopping.monitor": ("val_loss", "val_accuracy"),
     "early_stopping.mode": ("min", "max"),
     "comm.backend": ("auto", "local", "mpi", "ray"),
 }
 POSITIVE = {"train.epochs", "train.global_batch", "train.grad_accum", "schedule.reference_batch",
-            "checkpoint.keep_best", "comm.workers", "schedule.base_lr", "train.divergence_factor",
-            "optimizer.eps", "schedule.drop", "schedule.gamma", "schedule.factor"}
+            "checkpoint.keep_best", "comm.workers", "train.divergence_factor"}
 NON_NEGATIVE = {"seed", "data.val_size", "train.l2", "train.max_steps", "train.eval_every_steps",
-                "train.consistency_every", "train.threads", "optimizer.weight_decay",
-                "schedule.every", "schedule.k", "schedule.total_epochs", "schedule.min_lr",
-                "schedule.warmup_epochs", "schedule.patience", "schedule.cooldown",
-                "early_stopping.patience", "early_stopping.min_delta",
-                "checkpoint.every_epochs", "checkpoint.every_steps", "comm.timeout",
-                "comm.max_failures"}
-UNIT = {"optimizer.mu", "optimizer.beta1", "optimizer.beta2", "optimizer.decay_rate",
-        "schedule.drop", "schedule.gamma", "schedule.factor", "schedule.warmup_start_factor"}
+                "train.consistency_every", "train.threads", "early_stopping.patience",
+                "early_stopping.min_delta", "checkpoint.every_epochs", "checkpoint.every_steps",
+                "comm.timeout", "comm.max_failures"}
+# optimizer.* and schedule.* hyper-parameters: distnn.optim declares them (hparams_of).
+SECTIONS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig}
 
 
 def _yaml11_float(value):
@@ -157,26 +159,28 @@ def _check_value(key: str, value, hint):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: {value!r} is not a number")
         value = float(value)
-    elif hint in (str, str | None):
-        if not (isinstance(value, str) or (value is None and hint is not str)):
-            raise ConfigError(f"{key}: {value!r} is not a string")
+    elif hint in (str, str | None) and not (
+            isinstance(value, str) or (value is None and hint is not str)):
+        raise ConfigError(f"{key}: {value!r} is not a string")
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(CHOICES[key])}")
     if key in POSITIVE and not value > 0:
         raise ConfigError(f"{key}: {value!r} must be > 0")
     if key in NON_NEGATIVE and not value >= 0:
         raise ConfigError(f"{key}: {value!r} must be >= 0")
-    if key in UNIT and not 0 <= value < 1:
-        raise ConfigError(f"{key}: {value!r} must be in [0, 1)")
     return value
 
 
-def _build(cls, raw: dict, prefix: str):
+def _mapping(raw, prefix: str) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix or 'config'}: {raw!r} is not a mapping")
+    return raw
+
+
+def _build(cls, raw: dict, prefix: str):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+    unknown = sorted(set(_mapping(raw, prefix)) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(f"unknown key(s) {', '.join(where + k for k in unknown)}; "
@@ -195,15 +199,96 @@ def _build(cls, raw: dict, prefix: str):
     return cls(**kwargs)
 
 
-def from_dict(raw: dict) -> Config:
-    """A validated Config from nested plain data (missing keys take their defaults)."""
-    return _build(Config, raw or {}, "")
+# -- optimizer and schedule: their keys pass through to what distnn.optim declares ------------
+# The cross-section glue: a schedule that takes total_epochs gets train.epochs unless given (0
+# counts as not given, as in configs saved by earlier versions); one that takes mode always gets
+# early_stopping.mode (plateau must judge the metric the way early stopping does).
+NOT_HERE = {"mode": "early_stopping.mode"}
+
+
+def _linked(cfg: Config, section: str, name: str, given: Mapping) -> dict[str, Any]:
+    keys = [p.key for p in optim.hparams_of(section, name)] if section == "schedule" else []
+    linked = {"total_epochs": float(cfg.train.epochs), "mode": cfg.early_stopping.mode}
+    return {k: v for k, v in linked.items() if k in keys and not given.get(k)}
+
+
+def _defaults(section: str, name: str) -> dict[str, Any]:
+    return optim.resolve_for(section, name, {})
+
+
+def _drop_foreign(section: str, node: dict, keep: set[str]) -> None:
+    """Remove from `node` the keys its rule does not take but another rule does (not `keep`)."""
+    if node.get("name") in optim.REGISTRIES[section]:
+        for key in optim.foreign(section, node["name"], [k for k in node if k not in keep]):
+            del node[key]
+
+
+@contextmanager
+def _named(section: str) -> Iterator[None]:
+    """distnn.optim's ValueErrors as ConfigErrors naming the dotted key."""
+    try:
+        yield
+    except optim.BadValue as exc:
+        raise ConfigError(f"{section}.{exc.key}: {exc.detail}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{section}: {exc}") from None
+
+
+def _section(section: str, cls: Any, raw: Any, cfg: Config) -> Any:
+    """OptimizerConfig or ScheduleConfig: its own fields checked by _build, the other keys by
+    what distnn.optim declares for `name` (plus what _linked takes from other sections)."""
+    own = {f.name for f in dataclasses.fields(cls)} - {"params"}
+    config = _build(cls, {k: v for k, v in _mapping(raw, section).items() if k in own}, section)
+    given = {k: _yaml11_float(v) for k, v in raw.items() if k not in own}
+    not_here = NOT_HERE if section == "schedule" else {}
+    valid = sorted(own | {p.key for p in optim.hparams_of(section, config.name)} - set(not_here))
+    for key in given:
+        if key in not_here or not (key in valid or optim.takers(section, key)):
+            why = f"comes from {not_here[key]}" if key in not_here else "unknown key"
+            raise ConfigError(f"{section}.{key}: {why}; expected some of {', '.join(valid)}")
+    linked = _linked(cfg, section, config.name, given)
+    with _named(section):
+        params = optim.resolve_for(section, config.name, {**given, **linked})
+    return dataclasses.replace(config, params={k: v for k, v in params.items() if k not in linked})
+
+
+def schedule_spec(cfg: Config) -> dict[str, Any]:
+    """make_schedule's input for `cfg`: the schedule section, what other sections give it
+    (_linked), and base_lr scaled by train.global_batch / reference_batch under scale_lr."""
+    s = cfg.schedule
+    spec = {"name": s.name, **s.params, **_linked(cfg, "schedule", s.name, s.params)}
+    if s.scale_lr:
+        spec["base_lr"] = optim.scaled_lr(s.base_lr, cfg.train.global_batch, s.reference_batch)
+    return spec
+
+
+def from_dict(raw: dict, *, strict: bool = True) -> Config:
+    """A validated Config from nested plain data (missing keys take their defaults).
+
+    An optimizer or schedule key that only another rule takes (`mu` with adam) is an error;
+    strict=False drops it instead, for the resolved configs that earlier versions saved (in
+    checkpoints and run directories), which list the keys of every rule."""
+    raw = dict(_mapping(raw or {}, ""))
+    sections = {s: dict(_mapping(raw.pop(s, {}), s)) for s in SECTIONS}
+    cfg = _build(Config, raw, "")
+    for section, cls in SECTIONS.items():
+        if not strict:
+            _drop_foreign(section, sections[section], keep=set())
+        cfg = dataclasses.replace(cfg, **{section: _section(section, cls, sections[section], cfg)})
+    with _named("optimizer"):  # what the constructors check across keys (min_lr <= base_lr)
+        optim.make_optimizer(cfg.optimizer.name, **cfg.optimizer.params)
+    with _named("schedule"):
+        optim.make_schedule(schedule_spec(cfg))
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict:
     """Nested plain data (lists, dicts, scalars), suitable for YAML and JSON."""
     out = dataclasses.asdict(cfg)
     out["model"] = [dict(layer) for layer in cfg.model]
+    for section in SECTIONS:
+        node = out[section]
+        out[section] = {**{k: v for k, v in node.items() if k != "params"}, **node["params"]}
     return out
 
 
@@ -218,7 +303,11 @@ def parse_override(text: str) -> tuple[list[str], object]:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `--set` overrides to nested plain data (validated later by from_dict)."""
+    """Apply `--set` overrides to nested plain data (validated later by from_dict).
+
+    `--set optimizer.name=adam` (or schedule.name) also drops the file's keys that the new rule
+    does not take but the one it replaces did (`mu`); keys set with --set are always kept."""
+    given: dict[str, set[str]] = {}
     for text in overrides or []:
         path, value = parse_override(text)
         node = raw
@@ -227,6 +316,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {text!r}: {part} is not a section")
         node[path[-1]] = value
+        given.setdefault(path[0], set()).add(".".join(path[1:]))
+    for section in SECTIONS:
+        if "name" in given.get(section, ()) and isinstance(raw.get(section), dict):
+            _drop_foreign(section, raw[section], keep=given[section])
     return raw
 
 

@@ -6,11 +6,17 @@ params, grads, m, v, decay_mask: (P,) arrays. See distnn.optim.rules for the sha
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import numpy as np
 
-from distnn.optim._check import array_desc, number
-from distnn.optim.rules import UpdateRule
+from distnn.optim._check import array_desc
+from distnn.optim.hparams import HParam
+from distnn.optim.rules import EPS, UpdateRule
+
+
+def _beta(key: str, default: float) -> HParam:
+    return HParam(key, default, low=0.0, high=1.0, high_open=True)
 
 
 class Adam(UpdateRule):
@@ -19,17 +25,15 @@ class Adam(UpdateRule):
     beta1, beta2 in [0, 1); eps > 0.
     """
 
-    name, hparams, buffers, nonnegative = "adam", ("beta1", "beta2", "eps"), ("m", "v"), ("v",)
+    name, buffers, nonnegative = "adam", ("m", "v"), ("v",)
+    hparams: ClassVar[tuple[HParam, ...]] = (_beta("beta1", 0.9), _beta("beta2", 0.999), EPS)
+    beta1: float
+    beta2: float
+    eps: float
 
-    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
-        super().__init__()
-        self.beta1 = number(self.name, "beta1", beta1, low=0.0, high=1.0, high_open=True)
-        self.beta2 = number(self.name, "beta2", beta2, low=0.0, high=1.0, high_open=True)
-        self.eps = number(self.name, "eps", eps, low=0.0, low_open=True)
-
-    def _update(self, params, grads, lr):
+    def _update(self, params: np.ndarray, grads: np.ndarray, lr: np.floating) -> None:
         f = params.dtype.type
-        m, v, tmp = self.state["m"], self.state["v"], self._tmp
+        m, v, tmp = self.state["m"], self.state["v"], self._scratch
         m *= f(self.beta1)
         np.multiply(grads, f(1.0 - self.beta1), out=tmp)
         m += tmp
@@ -49,39 +53,39 @@ class Adam(UpdateRule):
 
 class AdamW(Adam):
     """Adam plus decoupled weight decay, applied before the Adam step to the same x:
-    x -= lr * wd * mask * x, where mask (P,) is 1 for decayed entries (weights) and 0 elsewhere
-    (biases, ...); decay_mask=None decays every entry. The decay is scaled by lr (as in
+    x -= lr * weight_decay * mask * x, where mask (P,) is 1 for decayed entries (weights) and 0
+    elsewhere (biases, ...); decay_mask=None decays every entry. The decay is scaled by lr (as in
     PyTorch), so a schedule shrinks it too; it never passes through m or v (that is the point).
-    wd >= 0.
+    weight_decay >= 0; its default 0 (no decay until set) is what the config has always given.
     """
 
-    name, hparams = "adamw", Adam.hparams + ("wd", "decay_mask")
+    name, uses_decay_mask = "adamw", True
+    hparams = Adam.hparams + (HParam("weight_decay", 0.0, low=0.0),)
+    weight_decay: float
 
-    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-                 wd: float = 0.01, decay_mask: np.ndarray | None = None):
-        super().__init__(beta1, beta2, eps)
-        self.wd = number(self.name, "wd", wd, low=0.0)
+    def __init__(self, *, decay_mask: np.ndarray | None = None, **hparams: Any) -> None:
+        super().__init__(**hparams)
         self.decay_mask = None if decay_mask is None else _checked_mask(decay_mask)
         if self.decay_mask is not None:
             self._size = self.decay_mask.size
         self._mask: np.ndarray | None = None  # decay_mask in the params' dtype
 
-    def _allocate(self, params):
+    def _allocate(self, params: np.ndarray) -> None:
         super()._allocate(params)
         if self.decay_mask is not None:
             self._mask = self.decay_mask.astype(params.dtype)
 
-    def _update(self, params, grads, lr):
-        if self.wd:
-            tmp = self._tmp
-            np.multiply(params, params.dtype.type(float(lr) * self.wd), out=tmp)
+    def _update(self, params: np.ndarray, grads: np.ndarray, lr: np.floating) -> None:
+        if self.weight_decay:
+            tmp = self._scratch
+            np.multiply(params, params.dtype.type(float(lr) * self.weight_decay), out=tmp)
             if self._mask is not None:
                 tmp *= self._mask
             params -= tmp
         super()._update(params, grads, lr)
 
 
-def _checked_mask(mask) -> np.ndarray:
+def _checked_mask(mask: Any) -> np.ndarray:
     """A private float64 copy of a (P,) mask of zeros and ones (the model may change its own)."""
     if not isinstance(mask, np.ndarray) or mask.ndim != 1 or mask.dtype.kind not in "fiub":
         raise ValueError(f"adamw: decay_mask is {array_desc(mask)}, expected a 1-D array of "

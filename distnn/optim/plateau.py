@@ -7,9 +7,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from numbers import Real
+from typing import Any
 
 from distnn.optim._check import integer, known_keys, number
-from distnn.optim.schedules import Schedule
+from distnn.optim.hparams import HParam
+from distnn.optim.schedules import MIN_LR, Schedule
 
 _STATE_KEYS = ("current", "best", "has_best", "bad", "cooling")
 
@@ -26,26 +28,26 @@ class ReduceOnPlateau(Schedule):
     """
 
     name = "plateau"
-    hparams = ("base_lr", "factor", "patience", "mode", "min_delta", "cooldown", "min_lr")
+    hparams = Schedule.hparams + (
+        HParam("factor", 0.1, low=0.0, high=1.0, low_open=True, high_open=True),
+        HParam("patience", 5, integer=True), HParam("mode", "min", choices=("min", "max")),
+        HParam("min_delta", 0.0, low=0.0), HParam("cooldown", 0, integer=True), MIN_LR)
+    factor: float
+    patience: int
+    mode: str
+    min_delta: float
+    cooldown: int
+    min_lr: float
 
-    def __init__(self, base_lr: float, factor: float = 0.1, patience: int = 5, mode: str = "min",
-                 min_delta: float = 0.0, cooldown: int = 0, min_lr: float = 0.0):
-        super().__init__(base_lr)
-        if mode not in ("min", "max"):
-            raise ValueError(f"{self.name}: mode={mode!r}, expected 'min' or 'max'")
-        self.mode = mode
-        self.factor = number(self.name, "factor", factor, low=0.0, high=1.0, low_open=True,
-                             high_open=True)
-        self.patience = integer(self.name, "patience", patience)
-        self.min_delta = number(self.name, "min_delta", min_delta, low=0.0)
-        self.cooldown = integer(self.name, "cooldown", cooldown)
-        self.min_lr = number(self.name, "min_lr", min_lr, low=0.0, high=self.base_lr)
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__(**hparams)
+        self.min_lr = self._min_lr_at_most_base(self.min_lr)
         self.current = self.base_lr
         self.best, self.has_best = 0.0, False  # `best` means nothing until has_best
         self.bad = 0  # consecutive counted validations without improvement
         self.cooling = 0  # validations still to ignore after a reduction
 
-    def lr(self, step: int, epoch: float, metrics=None) -> float:
+    def lr(self, step: int, epoch: float, metrics: Mapping[str, float] | None = None) -> float:
         return self.current
 
     def improves(self, value: float) -> bool:
@@ -74,12 +76,12 @@ class ReduceOnPlateau(Schedule):
             self.current = max(self.current * self.factor, self.min_lr)
             self.cooling, self.bad = self.cooldown, 0
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """Plain numbers only (JSON/HDF5-safe): no None, no inf."""
         return {"current": self.current, "best": self.best, "has_best": int(self.has_best),
                 "bad": self.bad, "cooling": self.cooling}
 
-    def load_state_dict(self, d: Mapping) -> None:
+    def load_state_dict(self, d: Mapping[str, Any]) -> None:
         """Continue from `d`; ValueError naming the bad key, nothing changed on error."""
         where = f"{self.name}.load_state_dict"
         if not isinstance(d, Mapping):

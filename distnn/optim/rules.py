@@ -13,23 +13,30 @@ Rules never see the world size: gradient averaging happens before them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
 from distnn.optim._check import array_desc, integer, known_keys, number
+from distnn.optim.hparams import Declared, HParam
+
+EPS = HParam("eps", 1e-8, low=0.0, low_open=True)
 
 
-class UpdateRule:
-    """Base class. Subclasses set `name`, `hparams` (constructor keywords), `buffers` (names of
-    their (P,) state arrays), `nonnegative` (buffers holding sums of squares) and `_update`.
+class UpdateRule(Declared):
+    """Base class. Subclasses set `name`, `hparams` (their keyword arguments, declared with
+    defaults and ranges; each becomes an attribute), `buffers` (names of their (P,) state
+    arrays), `nonnegative` (buffers holding sums of squares) and `_update`. A rule that decays
+    weights sets `uses_decay_mask` and takes the model's mask as `decay_mask`.
     """
 
     name = "rule"
-    hparams: tuple[str, ...] = ()
-    buffers: tuple[str, ...] = ()
-    nonnegative: tuple[str, ...] = ()
+    buffers: ClassVar[tuple[str, ...]] = ()
+    nonnegative: ClassVar[tuple[str, ...]] = ()
+    uses_decay_mask: ClassVar[bool] = False
 
-    def __init__(self):
+    def __init__(self, **hparams: Any) -> None:
+        self._set_hparams(hparams)
         self.t = 0  # steps taken; Adam's bias correction needs it
         self.state: dict[str, np.ndarray] = {}
         self._size: int | None = None  # P when fixed at construction (AdamW's decay mask)
@@ -45,10 +52,16 @@ class UpdateRule:
         self.t += 1
         self._update(params, grads, params.dtype.type(lr))
 
-    def _update(self, params: np.ndarray, grads: np.ndarray, lr) -> None:
+    def _update(self, params: np.ndarray, grads: np.ndarray, lr: np.floating) -> None:
         raise NotImplementedError
 
-    def _check_arrays(self, params, grads) -> None:
+    @property
+    def _scratch(self) -> np.ndarray:
+        """The (P,) scratch buffer (allocated by the first step, before any _update)."""
+        assert self._tmp is not None
+        return self._tmp
+
+    def _check_arrays(self, params: Any, grads: Any) -> None:
         ok = isinstance(params, np.ndarray) and isinstance(grads, np.ndarray)
         ok = ok and params.ndim == 1 and params.dtype.kind == "f" and params.flags.writeable
         if not (ok and grads.shape == params.shape and grads.dtype == params.dtype):
@@ -77,11 +90,11 @@ class UpdateRule:
         return self._size
 
     # -- state ------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """{"t": int, <buffer>: (P,) array copy, ...}. A rule that never stepped has only "t"."""
         return {"t": self.t, **{k: v.copy() for k, v in self.state.items()}}
 
-    def load_state_dict(self, d: Mapping) -> None:
+    def load_state_dict(self, d: Mapping[str, Any]) -> None:
         """Continue from `d` (from `state_dict`, possibly via HDF5). Raises ValueError naming the
         key, its value and the expectation; on error nothing has changed."""
         where = f"{self.name}.load_state_dict"
@@ -104,7 +117,7 @@ class UpdateRule:
             else:
                 self.state[key] = np.array(arr, copy=True, order="C")
 
-    def _checked_arrays(self, where: str, d: Mapping, t: int) -> dict[str, np.ndarray]:
+    def _checked_arrays(self, where: str, d: Mapping[str, Any], t: int) -> dict[str, np.ndarray]:
         present = [k for k in self.buffers if k in d]
         if not present and t == 0:
             return {}
@@ -136,22 +149,21 @@ class SGD(UpdateRule):
 
     name = "sgd"
 
-    def _update(self, params, grads, lr):
-        np.multiply(grads, lr, out=self._tmp)
-        params -= self._tmp
+    def _update(self, params: np.ndarray, grads: np.ndarray, lr: np.floating) -> None:
+        tmp = self._scratch
+        np.multiply(grads, lr, out=tmp)
+        params -= tmp
 
 
 class Momentum(UpdateRule):
     """v = mu v - lr g; x += v. mu in [0, 1)."""
 
-    name, hparams, buffers = "momentum", ("mu",), ("velocity",)
+    name, buffers = "momentum", ("velocity",)
+    hparams = (HParam("mu", 0.9, low=0.0, high=1.0, high_open=True),)
+    mu: float
 
-    def __init__(self, mu: float = 0.9):
-        super().__init__()
-        self.mu = number(self.name, "mu", mu, low=0.0, high=1.0, high_open=True)
-
-    def _update(self, params, grads, lr):
-        v, tmp = self.state["velocity"], self._tmp
+    def _update(self, params: np.ndarray, grads: np.ndarray, lr: np.floating) -> None:
+        v, tmp = self.state["velocity"], self._scratch
         v *= params.dtype.type(self.mu)
         np.multiply(grads, lr, out=tmp)
         v -= tmp
@@ -163,10 +175,10 @@ class Nesterov(Momentum):
 
     name = "nesterov"
 
-    def _update(self, params, grads, lr):
+    def _update(self, params: np.ndarray, grads: np.ndarray, lr: np.floating) -> None:
         # Substituting mu v_prev = v + lr g turns the update into x += mu v - lr g: the same
         # step without keeping v_prev, in two fewer passes over memory.
-        v, tmp = self.state["velocity"], self._tmp
+        v, tmp = self.state["velocity"], self._scratch
         mu = params.dtype.type(self.mu)
         np.multiply(grads, lr, out=tmp)
         v *= mu
@@ -179,21 +191,20 @@ class Nesterov(Momentum):
 class AdaGrad(UpdateRule):
     """cache += g^2; x -= lr g / (sqrt(cache) + eps). eps > 0."""
 
-    name, hparams, buffers, nonnegative = "adagrad", ("eps",), ("cache",), ("cache",)
+    name, buffers, nonnegative = "adagrad", ("cache",), ("cache",)
+    hparams: ClassVar[tuple[HParam, ...]] = (EPS,)
+    eps: float
 
-    def __init__(self, eps: float = 1e-8):
-        super().__init__()
-        self.eps = number(self.name, "eps", eps, low=0.0, low_open=True)
-
-    def _update(self, params, grads, lr):
-        cache = self.state["cache"]
-        np.multiply(grads, grads, out=self._tmp)
-        cache += self._tmp
+    def _update(self, params: np.ndarray, grads: np.ndarray, lr: np.floating) -> None:
+        cache, tmp = self.state["cache"], self._scratch
+        np.multiply(grads, grads, out=tmp)
+        cache += tmp
         self._scaled_step(params, grads, lr, cache)
 
-    def _scaled_step(self, params, grads, lr, cache):
+    def _scaled_step(self, params: np.ndarray, grads: np.ndarray, lr: np.floating,
+                     cache: np.ndarray) -> None:
         """x -= lr g / (sqrt(cache) + eps), through the scratch buffer."""
-        tmp = self._tmp
+        tmp = self._scratch
         np.sqrt(cache, out=tmp)
         tmp += params.dtype.type(self.eps)
         np.divide(grads, tmp, out=tmp)
@@ -204,16 +215,13 @@ class AdaGrad(UpdateRule):
 class RMSProp(AdaGrad):
     """cache = d cache + (1 - d) g^2; x -= lr g / (sqrt(cache) + eps). d in [0, 1), eps > 0."""
 
-    name, hparams = "rmsprop", ("decay_rate", "eps")
+    name = "rmsprop"
+    hparams = (HParam("decay_rate", 0.99, low=0.0, high=1.0, high_open=True), EPS)
+    decay_rate: float
 
-    def __init__(self, decay_rate: float = 0.99, eps: float = 1e-8):
-        super().__init__(eps)
-        self.decay_rate = number(self.name, "decay_rate", decay_rate, low=0.0, high=1.0,
-                                 high_open=True)
-
-    def _update(self, params, grads, lr):
+    def _update(self, params: np.ndarray, grads: np.ndarray, lr: np.floating) -> None:
         f = params.dtype.type
-        cache, tmp = self.state["cache"], self._tmp
+        cache, tmp = self.state["cache"], self._scratch
         cache *= f(self.decay_rate)
         np.multiply(grads, grads, out=tmp)
         tmp *= f(1.0 - self.decay_rate)

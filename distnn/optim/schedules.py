@@ -12,38 +12,48 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
 
 from distnn.optim._check import integer, number
+from distnn.optim.hparams import Declared, HParam
+
+MIN_LR = HParam("min_lr", 0.0, low=0.0)  # and <= base_lr, which the schedule checks
+# make_schedule's keys for the LinearWarmup around any schedule (warmup_epochs 0: none).
+WARMUP = (HParam("warmup_epochs", 0.0, low=0.0),
+          HParam("warmup_start_factor", 0.1, low=0.0, high=1.0))
 
 
-class Schedule:
-    """Base class: a stateless schedule starting at base_lr > 0. `hparams` lists the
-    constructor keywords (= make_schedule's config keys), `required` those without a default."""
+class Schedule(Declared):
+    """Base class: a stateless schedule starting at base_lr > 0. `hparams` declares the
+    keyword arguments (= make_schedule's config keys) with defaults and ranges."""
 
     name = "schedule"
-    hparams: tuple[str, ...] = ("base_lr",)
-    required: tuple[str, ...] = ("base_lr",)
+    hparams: ClassVar[tuple[HParam, ...]] = (HParam("base_lr", 0.05, low=0.0, low_open=True),)
+    base_lr: float
 
-    def __init__(self, base_lr: float):
-        self.base_lr = number(self.name, "base_lr", base_lr, low=0.0, low_open=True)
+    def __init__(self, **hparams: Any) -> None:
+        self._set_hparams(hparams)
 
-    def lr(self, step: int, epoch: float, metrics=None) -> float:
+    def lr(self, step: int, epoch: float, metrics: Mapping[str, float] | None = None) -> float:
         raise NotImplementedError
 
     def update(self, value: float) -> None:
         """Called once per validation with the monitored metric; stateless schedules ignore it."""
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, d: Mapping) -> None:
+    def load_state_dict(self, d: Mapping[str, Any]) -> None:
         if not isinstance(d, Mapping) or d:
             raise ValueError(f"{self.name}.load_state_dict: state {d!r}, expected {{}} "
                              "(this schedule keeps no state)")
 
-    def _epoch(self, epoch) -> float:
+    def _epoch(self, epoch: float) -> float:
         """epoch >= 0; checked because a negative one would silently raise the rate."""
         return number(f"{self.name}.lr", "epoch", epoch, low=0.0)
+
+    def _min_lr_at_most_base(self, min_lr: float) -> float:
+        return number(self.name, "min_lr", min_lr, low=0.0, high=self.base_lr)
 
 
 class Constant(Schedule):
@@ -51,7 +61,7 @@ class Constant(Schedule):
 
     name = "constant"
 
-    def lr(self, step, epoch, metrics=None):
+    def lr(self, step: int, epoch: float, metrics: Mapping[str, float] | None = None) -> float:
         return self.base_lr
 
 
@@ -59,14 +69,13 @@ class StepDecay(Schedule):
     """lr = base_lr * drop ** floor(epoch / every): `drop` once every `every` epochs.
     drop in (0, 1], every > 0 (epochs, may be fractional)."""
 
-    name, hparams = "step", ("base_lr", "drop", "every")
+    name = "step"
+    hparams = Schedule.hparams + (HParam("drop", 0.5, low=0.0, high=1.0, low_open=True),
+                                  HParam("every", 10.0, low=0.0, low_open=True))
+    drop: float
+    every: float
 
-    def __init__(self, base_lr: float, drop: float = 0.5, every: float = 10):
-        super().__init__(base_lr)
-        self.drop = number(self.name, "drop", drop, low=0.0, high=1.0, low_open=True)
-        self.every = number(self.name, "every", every, low=0.0, low_open=True)
-
-    def lr(self, step, epoch, metrics=None):
+    def lr(self, step: int, epoch: float, metrics: Mapping[str, float] | None = None) -> float:
         # The tiny nudge keeps 0.3 / 0.1 = 2.9999999999999996 on the boundary it stands for.
         drops = math.floor(self._epoch(epoch) / self.every + 1e-9)
         return self.base_lr * self.drop ** drops
@@ -75,13 +84,11 @@ class StepDecay(Schedule):
 class Exponential(Schedule):
     """lr = base_lr * gamma ** epoch (continuous in a fractional epoch). gamma in (0, 1]."""
 
-    name, hparams = "exponential", ("base_lr", "gamma")
+    name = "exponential"
+    hparams = Schedule.hparams + (HParam("gamma", 0.95, low=0.0, high=1.0, low_open=True),)
+    gamma: float
 
-    def __init__(self, base_lr: float, gamma: float = 0.95):
-        super().__init__(base_lr)
-        self.gamma = number(self.name, "gamma", gamma, low=0.0, high=1.0, low_open=True)
-
-    def lr(self, step, epoch, metrics=None):
+    def lr(self, step: int, epoch: float, metrics: Mapping[str, float] | None = None) -> float:
         return self.base_lr * self.gamma ** self._epoch(epoch)
 
 
@@ -89,31 +96,38 @@ class InverseTime(Schedule):
     """lr = base_lr / (1 + k * t) with t = epoch (fractional allowed), so at epoch 1/k the rate
     has halved. k >= 0 (0: constant)."""
 
-    name, hparams = "inverse_time", ("base_lr", "k")
+    name = "inverse_time"
+    hparams = Schedule.hparams + (HParam("k", 0.1, low=0.0),)
+    k: float
 
-    def __init__(self, base_lr: float, k: float = 0.1):
-        super().__init__(base_lr)
-        self.k = number(self.name, "k", k, low=0.0)
-
-    def lr(self, step, epoch, metrics=None):
+    def lr(self, step: int, epoch: float, metrics: Mapping[str, float] | None = None) -> float:
         return self.base_lr / (1.0 + self.k * self._epoch(epoch))
 
 
 class Cosine(Schedule):
     """lr = min_lr + (base_lr - min_lr) * (1 + cos(pi * epoch / total_epochs)) / 2 for
-    epoch <= total_epochs, then min_lr. total_epochs > 0, 0 <= min_lr <= base_lr."""
+    epoch <= total_epochs, then min_lr. total_epochs > 0 (no default; distnn.config gives
+    train.epochs), 0 <= min_lr <= base_lr."""
 
-    name, hparams = "cosine", ("base_lr", "total_epochs", "min_lr")
-    required = ("base_lr", "total_epochs")
+    name = "cosine"
+    hparams = Schedule.hparams + (HParam("total_epochs", low=0.0, low_open=True), MIN_LR)
+    total_epochs: float
+    min_lr: float
 
-    def __init__(self, base_lr: float, total_epochs: float, min_lr: float = 0.0):
-        super().__init__(base_lr)
-        self.total = number(self.name, "total_epochs", total_epochs, low=0.0, low_open=True)
-        self.min_lr = number(self.name, "min_lr", min_lr, low=0.0, high=self.base_lr)
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__(**hparams)
+        self.min_lr = self._min_lr_at_most_base(self.min_lr)
 
-    def lr(self, step, epoch, metrics=None):
-        frac = min(self._epoch(epoch) / self.total, 1.0)
+    def lr(self, step: int, epoch: float, metrics: Mapping[str, float] | None = None) -> float:
+        frac = min(self._epoch(epoch) / self.total_epochs, 1.0)
         return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+class Inner(Protocol):
+    """What LinearWarmup needs of the schedule it wraps (update/state are optional)."""
+
+    def lr(self, step: int, epoch: float, metrics: Mapping[str, float] | None = None) -> float:
+        ...
 
 
 class LinearWarmup:
@@ -131,14 +145,14 @@ class LinearWarmup:
 
     name = "warmup"
 
-    def __init__(self, inner, warmup_epochs: float, start_factor: float = 0.1):
+    def __init__(self, inner: Inner, warmup_epochs: float, start_factor: float = 0.1) -> None:
         if not callable(getattr(inner, "lr", None)):
             raise ValueError(f"warmup: inner={inner!r}, expected a schedule with lr(step, epoch)")
         self.inner = inner
         self.warmup = number(self.name, "warmup_epochs", warmup_epochs, low=0.0, low_open=True)
-        self.start_factor = number(self.name, "start_factor", start_factor, low=0.0, high=1.0)
+        self.start_factor: float = WARMUP[1].check(self.name, start_factor)
 
-    def lr(self, step: int, epoch: float, metrics=None) -> float:
+    def lr(self, step: int, epoch: float, metrics: Mapping[str, float] | None = None) -> float:
         target = self.inner.lr(step, epoch, metrics)
         if epoch >= self.warmup:
             return target
@@ -150,10 +164,10 @@ class LinearWarmup:
         if hasattr(self.inner, "update"):
             self.inner.update(value)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return self.inner.state_dict() if hasattr(self.inner, "state_dict") else {}
 
-    def load_state_dict(self, d: Mapping) -> None:
+    def load_state_dict(self, d: Mapping[str, Any]) -> None:
         if hasattr(self.inner, "load_state_dict"):
             self.inner.load_state_dict(d)
         elif d:

@@ -15,13 +15,14 @@ from distnn.data import ShardSampler, compute_normalization
 from distnn.exit_codes import ExitCode
 from distnn.nn import Sequential
 from distnn.nn import threads as nn_threads
-from distnn.optim import LinearWarmup, Schedule, UpdateRule
+from distnn.optim import UpdateRule
 from distnn.train import checkpoint as ckpt
 from distnn.train.errors import CheckpointError
 from distnn.train.evaluate import evaluate
 from distnn.train.loop import Coordinator
 from distnn.train.metrics import MetricsLog
 from distnn.train.setup import (
+    ScheduleLike,
     Splits,
     build_model,
     build_optimizer,
@@ -29,8 +30,6 @@ from distnn.train.setup import (
     load_splits,
     rank_threads,
 )
-
-ScheduleLike = Schedule | LinearWarmup
 
 
 @dataclass

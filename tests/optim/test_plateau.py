@@ -110,5 +110,5 @@ def test_load_requires_every_key_and_a_dict():
 
 
 def test_defaults_by_constructor():
-    s = ReduceOnPlateau(0.1)
+    s = ReduceOnPlateau(base_lr=0.1)
     assert (s.factor, s.patience, s.mode, s.cooldown, s.min_lr) == (0.1, 5, "min", 0, 0.0)

@@ -13,7 +13,7 @@ def reference(name, x, grads, lrs, **h):
     """The textbook updates, written out literally (new arrays everywhere), over lists of
     gradients and learning rates."""
     x, v, m = x.copy(), np.zeros_like(x), np.zeros_like(x)
-    for t, (g, lr) in enumerate(zip(grads, lrs), start=1):
+    for t, (g, lr) in enumerate(zip(grads, lrs, strict=True), start=1):
         if name == "sgd":
             x = x - lr * g
         elif name == "momentum":
@@ -32,7 +32,7 @@ def reference(name, x, grads, lrs, **h):
         else:
             if name == "adamw":
                 mask = h["decay_mask"] if h["decay_mask"] is not None else np.ones_like(x)
-                x = x - lr * h["wd"] * mask * x
+                x = x - lr * h["weight_decay"] * mask * x
             m = h["beta1"] * m + (1 - h["beta1"]) * g
             v = h["beta2"] * v + (1 - h["beta2"]) * g * g
             m_hat, v_hat = m / (1 - h["beta1"] ** t), v / (1 - h["beta2"] ** t)
@@ -45,7 +45,8 @@ CASES = {
     "sgd": {}, "momentum": {"mu": 0.9}, "nesterov": {"mu": 0.8}, "adagrad": {"eps": 1e-7},
     "rmsprop": {"decay_rate": 0.9, "eps": 1e-6},
     "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
-    "adamw": {"beta1": 0.8, "beta2": 0.99, "eps": 1e-8, "wd": 0.1, "decay_mask": MASK},
+    "adamw": {"beta1": 0.8, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.1,
+              "decay_mask": MASK},
 }
 NAMES = list(CASES)
 
@@ -67,7 +68,7 @@ def test_matches_reference_in_place(name):
     x0, grads, lrs = problem(0)
     params = x0.copy()
     opt = make_optimizer(name, **CASES[name])
-    for g, lr in zip(grads, lrs):
+    for g, lr in zip(grads, lrs, strict=True):
         same = params
         opt.step(params, g, lr)
         assert params is same
@@ -81,7 +82,7 @@ def test_float32_follows_the_float64_reference(name):
     x0, grads, lrs = problem(1, dtype=np.float32)
     params = x0.copy()
     opt = make_optimizer(name, **CASES[name])
-    for g, lr in zip(grads, lrs):
+    for g, lr in zip(grads, lrs, strict=True):
         opt.step(params, g, lr)
     assert params.dtype == np.float32
     assert all(v.dtype == np.float32 for k, v in opt.state_dict().items() if k != "t")
@@ -120,7 +121,7 @@ def test_adam_step_one_is_bias_corrected():
 def test_adamw_decays_only_where_the_mask_is_one(mask):
     x0 = np.arange(1.0, 9.0)
     params = x0.copy()
-    opt = make_optimizer("adamw", wd=0.5, decay_mask=mask)
+    opt = make_optimizer("adamw", weight_decay=0.5, decay_mask=mask)
     zero = np.zeros(8)  # no gradient: Adam's part is 0 / (0 + eps) = 0, only the decay moves x
     for _ in range(3):
         opt.step(params, zero, 0.1)
@@ -133,8 +134,8 @@ def test_adamw_decays_only_where_the_mask_is_one(mask):
 def test_adamw_without_decay_equals_adam():
     x0, grads, lrs = problem(2)
     a, b = x0.copy(), x0.copy()
-    adam, adamw = make_optimizer("adam"), make_optimizer("adamw", wd=0.0)
-    for g, lr in zip(grads, lrs):
+    adam, adamw = make_optimizer("adam"), make_optimizer("adamw", weight_decay=0.0)
+    for g, lr in zip(grads, lrs, strict=True):
         adam.step(a, g, lr)
         adamw.step(b, g, lr)
     assert np.array_equal(a, b)
@@ -142,7 +143,7 @@ def test_adamw_without_decay_equals_adam():
 
 def test_adamw_mask_is_copied_at_construction():
     mask = MASK.copy()
-    opt = make_optimizer("adamw", wd=0.5, decay_mask=mask)
+    opt = make_optimizer("adamw", weight_decay=0.5, decay_mask=mask)
     mask[:] = 1  # the caller's array changing later must not change the rule
     params = np.ones(8)
     opt.step(params, np.zeros(8), 0.1)
@@ -153,7 +154,7 @@ def test_adamw_mask_is_copied_at_construction():
 def test_minimises_a_quadratic(name):
     # f(x) = 0.5 sum(a (x - c)^2) with curvatures a from 0.5 to 2: grad = a (x - c).
     a, c = np.linspace(0.5, 2.0, 8), np.linspace(-1.0, 1.0, 8)
-    hp = dict(CASES[name], wd=0.0) if name == "adamw" else CASES[name]
+    hp = dict(CASES[name], weight_decay=0.0) if name == "adamw" else CASES[name]
     # Adaptive rules step ~lr per coordinate whatever the gradient, so they hover ~lr from the
     # minimum at a constant rate: give them a decaying one (0.99 per step).
     lr, decay = {"sgd": (0.5, 1.0), "momentum": (0.1, 1.0), "nesterov": (0.1, 1.0),

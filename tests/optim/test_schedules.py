@@ -4,8 +4,18 @@ import math
 
 import pytest
 
-from distnn.optim import (SCHEDULES, Constant, Cosine, Exponential, InverseTime, LinearWarmup,
-                          ReduceOnPlateau, StepDecay, make_schedule, scaled_lr)
+from distnn.optim import (
+    SCHEDULES,
+    Constant,
+    Cosine,
+    Exponential,
+    InverseTime,
+    LinearWarmup,
+    ReduceOnPlateau,
+    StepDecay,
+    make_schedule,
+    scaled_lr,
+)
 
 
 def lr(cfg, epoch, step=0):
@@ -47,11 +57,12 @@ def test_schedules_are_pure_and_ignore_step_and_metrics():
 
 
 def test_classes_directly():
-    assert StepDecay(1.0, 0.1, 2).lr(0, 4) == pytest.approx(0.01)
-    assert Exponential(2.0, 0.5).lr(0, 3) == 0.25
-    assert InverseTime(1.0, 1.0).lr(0, 3) == 0.25
-    assert Cosine(1.0, 2).lr(0, 1) == pytest.approx(0.5)
-    assert Constant(0.3).lr(5, 5) == 0.3
+    assert StepDecay(base_lr=1.0, drop=0.1, every=2).lr(0, 4) == pytest.approx(0.01)
+    assert Exponential(base_lr=2.0, gamma=0.5).lr(0, 3) == 0.25
+    assert InverseTime(base_lr=1.0, k=1.0).lr(0, 3) == 0.25
+    assert Cosine(base_lr=1.0, total_epochs=2).lr(0, 1) == pytest.approx(0.5)
+    assert Constant(base_lr=0.3).lr(5, 5) == 0.3
+    assert Constant().base_lr == 0.05  # the declared default
 
 
 WARM = {"name": "step", "base_lr": 0.1, "drop": 0.5, "every": 1, "warmup_epochs": 2,
@@ -131,8 +142,7 @@ def test_linear_scaling_rule():
      "schedule 'warm' is unknown; expected one of constant, step, exponential, inverse_time, "
      "cosine, plateau"),
     ({"base_lr": 0.1}, "missing key 'name'"),
-    ({"name": "step", "drop": 0.5}, "schedule step: missing key 'base_lr'"),
-    ({"name": "cosine", "base_lr": 0.1}, "schedule cosine: missing key 'total_epochs'"),
+    ({"name": "cosine", "base_lr": 0.1}, "cosine: missing key 'total_epochs'"),
     (dict(STEP, gamma=0.9), "schedule step: unknown key 'gamma'; expected some of base_lr, "
                             "drop, every"),
     ({"name": "constant", "base_lr": -1}, "base_lr=-1"),
@@ -143,10 +153,10 @@ def test_linear_scaling_rule():
     ({"name": "exponential", "base_lr": 0.1, "gamma": 1.01}, "gamma=1.01"),
     ({"name": "inverse_time", "base_lr": 0.1, "k": -1}, "k=-1"),
     ({"name": "cosine", "base_lr": 0.1, "total_epochs": 0}, "total_epochs=0"),
-    (dict(COS, min_lr=0.2), r"min_lr=0.2, expected a number in \[0.0, 0.1\]"),
+    (dict(COS, min_lr=0.2), r"cosine: min_lr=0.2, expected a number in \[0, 0.1\]"),
     (dict(STEP, warmup_epochs=-1), "schedule step: warmup_epochs=-1"),
     (dict(STEP, warmup_epochs=1, warmup_start_factor=1.5), "warmup_start_factor=1.5"),
-    ({"name": "plateau", "base_lr": 0.1, "mode": "up"}, "mode='up', expected 'min' or 'max'"),
+    ({"name": "plateau", "base_lr": 0.1, "mode": "up"}, "mode='up', expected one of min, max"),
     ({"name": "plateau", "base_lr": 0.1, "factor": 1}, "factor=1"),
     ({"name": "plateau", "base_lr": 0.1, "patience": 1.5}, "patience=1.5"),
     ({"name": "plateau", "base_lr": 0.1, "cooldown": -1}, "cooldown=-1"),
