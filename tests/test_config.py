@@ -1,5 +1,6 @@
 """Config: YAML + --set overrides, validated with errors that name the key."""
 
+import dataclasses
 import pickle
 
 import pytest
@@ -7,6 +8,8 @@ import pytest
 from distnn.config import (
     Config,
     ConfigError,
+    OptimizerConfig,
+    ScheduleConfig,
     apply_overrides,
     from_dict,
     load_config,
@@ -162,10 +165,22 @@ LEGACY = {  # the resolved sections distnn wrote before they passed through to d
 }
 
 
-def test_configs_saved_before_the_declarations_load_when_not_strict():
-    with pytest.raises(ConfigError, match="optimizer.beta1: momentum does not take beta1"):
-        from_dict(LEGACY)
-    cfg = from_dict(LEGACY, strict=False)
+def test_configs_saved_before_the_declarations_still_load():
+    """A resolved config.yaml of an earlier distnn lists every rule's keys: the others' drop."""
+    cfg = from_dict(LEGACY)
     assert cfg == from_dict({"optimizer": {"mu": 0.9}, "schedule": {
         "name": "cosine", "base_lr": 0.05, "warmup_epochs": 0.5}})
     assert schedule_spec(cfg)["total_epochs"] == cfg.train.epochs
+
+
+def test_a_user_section_with_another_rules_key_is_still_refused():
+    partial = {k: v for k, v in LEGACY["optimizer"].items() if k != "decay_rate"}
+    with pytest.raises(ConfigError, match="optimizer.beta1: momentum does not take beta1"):
+        from_dict({"optimizer": partial})
+
+
+def test_section_defaults_follow_the_rule_named():
+    assert OptimizerConfig(name="adam").params == {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+    adam = dataclasses.replace(load_config(None).optimizer, name="adam", params={})
+    assert adam.params == OptimizerConfig(name="adam").params
+    assert "gamma" in ScheduleConfig(name="exponential").params

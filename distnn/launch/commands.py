@@ -8,6 +8,7 @@ SIGTERM/SIGUSR1 after a checkpoint: resume with --resume auto).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import socket
@@ -77,14 +78,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     backend = args.backend or cfg.comm.backend
     backend = detect_backend() if backend == "auto" else backend
     if backend == "ray":  # this process is the Ray driver; the actors run run_worker
-        try:
-            from distnn.launch import ray_driver  # optional package: imported when chosen
-        except ImportError as exc:
-            if not (exc.name or "").startswith("ray"):
-                raise
+        if importlib.util.find_spec("ray") is None:
             print(f"distnn train: the 'ray' backend needs ray, which is not installed: "
                   f"{INSTALL_HINTS['ray']}", file=sys.stderr)
             return ExitCode.BAD_INPUT
+        from distnn.launch import ray_driver  # imports ray: only when chosen
+
         return ray_driver.launch(args, cfg)
     comm = create_communicator(backend, timeout=cfg.comm.timeout or None)
     if comm.size > 1:

@@ -18,8 +18,7 @@ def evaluate_checkpoint(path: Path, comm, dataset: str | None, split: str,
     """Collective: all ranks must call. Returns {'accuracy', 'loss', 'n', 'dataset', 'split'}."""
     snap = load_on_root(path, None, comm)
     assert snap is not None  # a path was given: a snapshot or a CheckpointError
-    # strict=False: configs saved before optim owned its keys list every rule's keys.
-    cfg = from_dict(yaml.safe_load(snap.config_yaml), strict=False)
+    cfg = from_dict(yaml.safe_load(snap.config_yaml))
     name = dataset or cfg.data.dataset
     data = get_dataset(name, split, data_dir or cfg.data.data_dir)
     model = build_model(cfg, data.image_shape)

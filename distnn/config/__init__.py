@@ -1,0 +1,35 @@
+"""The run configuration: frozen dataclasses (schema.py), loaded from YAML and `--set key=value`
+overrides (loading.py); the `optimizer:` and `schedule:` keys are those distnn.optim declares
+(sections.py).
+
+Every key is checked where it enters: unknown keys, wrong types and out-of-range values raise
+ConfigError naming the dotted key, the value and what was expected.
+"""
+
+from distnn.config.loading import (
+    apply_overrides,
+    bundled_config_path,
+    from_dict,
+    load_config,
+    parse_override,
+    save_config,
+    to_dict,
+)
+from distnn.config.schema import (
+    CHOICES,
+    CheckpointConfig,
+    CommConfig,
+    Config,
+    ConfigError,
+    DataConfig,
+    EarlyStopConfig,
+    OptimizerConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
+from distnn.config.sections import schedule_spec
+
+__all__ = ["CHOICES", "CheckpointConfig", "CommConfig", "Config", "ConfigError", "DataConfig",
+           "EarlyStopConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
+           "apply_overrides", "bundled_config_path", "from_dict", "load_config",
+           "parse_override", "save_config", "schedule_spec", "to_dict"]

@@ -1,0 +1,207 @@
+"""The config schema: frozen dataclasses per section, and the checks of their keys.
+
+Every key is checked where it enters: unknown keys, wrong types and out-of-range values raise
+ConfigError naming the dotted key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from distnn import optim
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mini_mnist"
+    data_dir: str | None = None
+    val_size: int = 0  # samples held out of the training split for validation (0: use test)
+    augment: bool = False  # random crop (pad 4) + horizontal flip; off for digits
+    normalize: bool = True
+    prefetch: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    global_batch: int = 64
+    grad_accum: int = 1
+    loss: str = "softmax"
+    l2: float = 0.0
+    max_steps: int = 0  # stop after this many steps in total (0: no limit)
+    eval_every_steps: int = 0  # validate every n steps as well as every epoch (0: epochs only)
+    consistency_every: int = 200  # compare a parameter checksum across ranks every n steps
+    divergence_factor: float = 3.0  # stop when the loss exceeds this times the initial loss
+    threads: int = 0  # threads per rank for the layers (0: cores / ranks, at least 1)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """`optimizer:` an update rule of distnn.optim.RULES. `params`: its hyper-parameters as the
+    rule declares them (checked, defaults filled in), written flat beside `name` in the YAML."""
+
+    name: str = "momentum"
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.params:  # not given: the rule's own defaults (whatever `name` is)
+            object.__setattr__(self, "params", defaults("optimizer", self.name))
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """`schedule:` a schedule of distnn.optim.SCHEDULES. `params`: what make_schedule takes for
+    it (base_lr, its own keys, warmup_epochs, warmup_start_factor; checked, defaults filled in),
+    flat beside `name` in the YAML. The three other keys are the trainer's."""
+
+    name: str = "constant"
+    per: str = "step"  # evaluate the schedule every "step" or once per "epoch"
+    scale_lr: bool = False  # Goyal et al.: base_lr * train.global_batch / reference_batch
+    reference_batch: int = 256
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.params:  # not given: the schedule's own defaults
+            object.__setattr__(self, "params", defaults("schedule", self.name))
+
+    @property
+    def base_lr(self) -> float:
+        """The configured rate, before scale_lr."""
+        return float(self.params["base_lr"])
+
+
+@dataclass(frozen=True)
+class EarlyStopConfig:
+    enabled: bool = True
+    monitor: str = "val_loss"
+    mode: str = "min"
+    patience: int = 5
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_epochs: int = 1
+    every_steps: int = 0
+    keep_best: int = 1
+
+
+@dataclass(frozen=True)
+class CommConfig:
+    backend: str = "auto"  # auto | local | mpi | ray
+    timeout: float = 300.0  # seconds a collective may take before the job aborts (0: none)
+    workers: int = 2  # ray: number of worker actors (--workers overrides)
+    max_failures: int = 0  # ray: worker-group restarts from the last checkpoint (--max-failures)
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "quickstart"
+    seed: int = 0
+    model: tuple = ()
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    early_stopping: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
+
+
+CHOICES = {
+    "train.loss": ("softmax", "svm"),
+    "optimizer.name": tuple(optim.RULES),
+    "schedule.name": tuple(optim.SCHEDULES),
+    "schedule.per": ("step", "epoch"),
+    "early_stopping.monitor": ("val_loss", "val_accuracy"),
+    "early_stopping.mode": ("min", "max"),
+    "comm.backend": ("auto", "local", "mpi", "ray"),
+}
+POSITIVE = {"train.epochs", "train.global_batch", "train.grad_accum", "schedule.reference_batch",
+            "checkpoint.keep_best", "comm.workers", "train.divergence_factor"}
+NON_NEGATIVE = {"seed", "data.val_size", "train.l2", "train.max_steps", "train.eval_every_steps",
+                "train.consistency_every", "train.threads", "early_stopping.patience",
+                "early_stopping.min_delta", "checkpoint.every_epochs", "checkpoint.every_steps",
+                "comm.timeout", "comm.max_failures"}
+# optimizer.* and schedule.* hyper-parameters: distnn.optim declares them (hparams_of).
+SECTIONS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig}
+
+
+def yaml11_float(value):
+    """PyYAML (YAML 1.1) reads '1e-3' as a string; accept it as the number the user meant."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _check_value(key: str, value, hint):
+    """Coerce/validate one leaf against its annotation and the range tables above."""
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: {value!r} is not a boolean (true/false)")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: {value!r} is not an integer")
+    elif hint is float:
+        value = yaml11_float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: {value!r} is not a number")
+        value = float(value)
+    elif hint in (str, str | None) and not (
+            isinstance(value, str) or (value is None and hint is not str)):
+        raise ConfigError(f"{key}: {value!r} is not a string")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(CHOICES[key])}")
+    if key in POSITIVE and not value > 0:
+        raise ConfigError(f"{key}: {value!r} must be > 0")
+    if key in NON_NEGATIVE and not value >= 0:
+        raise ConfigError(f"{key}: {value!r} must be >= 0")
+    return value
+
+
+def mapping(raw, prefix: str) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: {raw!r} is not a mapping")
+    return raw
+
+
+def build(cls, raw: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping(raw, prefix)) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key(s) {', '.join(where + k for k in unknown)}; "
+                          f"expected some of {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in raw.items():
+        key, hint = f"{prefix}.{name}" if prefix else name, hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = build(hint, value, key)
+        elif name == "model":
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"model: {value!r} is not a list of layer specs (mappings)")
+            kwargs[name] = tuple(dict(v) for v in value)
+        else:
+            kwargs[name] = _check_value(key, value, hint)
+    return cls(**kwargs)
+
+
+def defaults(section: str, name: str) -> dict[str, Any]:
+    """The hyper-parameters distnn.optim declares for rule `name`, at their defaults ({} for an
+    unknown name or one without a default for every key: checked where the config is built)."""
+    try:
+        return optim.resolve_for(section, name, {})
+    except ValueError:
+        return {}
