@@ -184,3 +184,12 @@ def test_section_defaults_follow_the_rule_named():
     adam = dataclasses.replace(load_config(None).optimizer, name="adam", params={})
     assert adam.params == OptimizerConfig(name="adam").params
     assert "gamma" in ScheduleConfig(name="exponential").params
+
+
+@pytest.mark.parametrize("override", ["train.l2=inf", "comm.timeout=.inf",
+                                      "train.divergence_factor=nan",
+                                      "early_stopping.min_delta=-.inf"])
+def test_non_finite_numbers_are_refused_where_they_enter(override):
+    key, value = override.split("=")
+    with pytest.raises(ConfigError, match=rf"^{key}: .* is not a finite number$"):
+        load_config(None, [override])

@@ -14,6 +14,7 @@ from typing import Any
 
 from distnn.comm.base import OPS, Communicator
 from distnn.comm.failfast import install_excepthook
+from distnn.comm.local import LocalCommunicator
 
 # Valid names for create_communicator. "ray" needs a rank, a size and a group (the rendezvous
 # actor), which only the Ray launcher (distnn/launch/ray_driver.py) knows: its worker actors
@@ -41,10 +42,9 @@ def create_communicator(name: str, **opts: Any) -> Communicator:
 
 
 def _load(name: str) -> type[Communicator]:
-    """Import the backend module on first use (house rule 4: one file per backend)."""
+    """The backend's class; mpi and ray are imported on first use (one file per backend: only
+    the chosen one's package is needed)."""
     if name == "local":
-        from distnn.comm.local import LocalCommunicator
-
         return LocalCommunicator
     package = "ray" if name == "ray" else "mpi4py"
     try:

@@ -9,9 +9,12 @@ ConfigError naming the dotted key, the value and what was expected.
 from distnn.config.loading import (
     apply_overrides,
     bundled_config_path,
+    check_world_size,
     from_dict,
     load_config,
+    model_errors,
     parse_override,
+    parse_yaml,
     save_config,
     to_dict,
 )
@@ -31,5 +34,6 @@ from distnn.config.sections import schedule_spec
 
 __all__ = ["CHOICES", "CheckpointConfig", "CommConfig", "Config", "ConfigError", "DataConfig",
            "EarlyStopConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
-           "apply_overrides", "bundled_config_path", "from_dict", "load_config",
-           "parse_override", "save_config", "schedule_spec", "to_dict"]
+           "apply_overrides", "bundled_config_path", "check_world_size", "from_dict",
+           "load_config", "model_errors", "parse_override", "parse_yaml", "save_config",
+           "schedule_spec", "to_dict"]

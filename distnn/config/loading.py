@@ -1,15 +1,112 @@
-"""Loading and saving configs: YAML files or bundled names, `--set key=value` overrides."""
+"""Loading and saving configs: YAML files or bundled names, `--set key=value` overrides.
+
+YAML is read by a SafeLoader (no Python tags) with bounds: a file of at most MAX_CONFIG_BYTES,
+and aliases that expand to at most MAX_NODES nodes (a few hundred bytes of nested aliases
+otherwise expand to billions of nodes wherever the value is walked or printed). Every failure is
+a one-line ConfigError naming the file (or the --set value), the line and column, and why.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from distnn import optim
+from distnn import nn, optim
 from distnn.config.schema import SECTIONS, Config, ConfigError, build, mapping
 from distnn.config.sections import drop_foreign, is_legacy, named, schedule_spec, section_config
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_NODES = 100_000  # YAML nodes of a document with every alias expanded
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a document whose aliases expand beyond MAX_NODES nodes, or
+    refer to a node that contains them (a recursive structure)."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _expanded_size(node, {})
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int | None]) -> int:
+    """Nodes under `node` with every alias expanded; sizes memoises shared (aliased) nodes."""
+    key = id(node)
+    if key in sizes:
+        known = sizes[key]
+        if known is None:
+            raise ConfigError(f"line {node.start_mark.line + 1}: a YAML alias refers to a node "
+                              f"that contains it; expected no recursive aliases")
+        return known
+    sizes[key] = None  # in progress
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    if total > MAX_NODES:
+        raise ConfigError(f"line {node.start_mark.line + 1}: YAML aliases expand to more than "
+                          f"{MAX_NODES} nodes; expected a plain config (an alias bomb?)")
+    sizes[key] = total
+    return total
+
+
+def parse_yaml(text: str | bytes, where: str):
+    """The data of one YAML document (None if empty), read safely and within MAX_NODES.
+    Raises ConfigError naming `where`, the line and column, and the parser's reason."""
+    try:
+        return yaml.load(text, Loader=BoundedLoader)  # a SafeLoader: no Python tags
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(f"{where}: {_yaml_reason(exc)}") from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(f"{where}: byte {exc.position}: not UTF-8 or UTF-16 text "
+                          f"({exc.encoding}: {exc.reason})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply; expected a plain config") from None
+
+
+def _yaml_reason(exc: yaml.MarkedYAMLError) -> str:
+    """'line L, column C: invalid YAML: <context (where it began)>; <problem>'."""
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    mark = exc.problem_mark or exc.context_mark
+    context = exc.context or ""
+    if context and exc.context_mark and exc.context_mark is not mark:
+        context += f" (from {at(exc.context_mark)})"
+    reason = "; ".join(r for r in (context, exc.problem or "") if r)
+    if isinstance(exc, yaml.constructor.ConstructorError):
+        reason += "; expected plain YAML data (no !!python or other tags)"
+    return f"{at(mark) + ': ' if mark else ''}invalid YAML: {reason}"
+
+
+def read_config_file(path: Path) -> dict:
+    """The raw data of a YAML config file of at most MAX_CONFIG_BYTES."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"config {path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        size = f"{path.stat().st_size}" if path.is_file() else f"more than {MAX_CONFIG_BYTES}"
+        raise ConfigError(f"config {path}: {size} bytes, expected a YAML file of at most "
+                          f"{MAX_CONFIG_BYTES} bytes")
+    return parse_yaml(data, f"config {path}") or {}
+
+
+@contextmanager
+def model_errors(context: str = "") -> Iterator[None]:
+    """distnn.nn's SpecError/ShapeError about the `model:` key as a ConfigError naming it."""
+    try:
+        yield
+    except (nn.SpecError, nn.ShapeError) as exc:
+        raise ConfigError(f"model: {exc}{context}") from None
 
 
 def from_dict(raw: dict) -> Config:
@@ -30,6 +127,9 @@ def from_dict(raw: dict) -> Config:
         optim.make_optimizer(cfg.optimizer.name, **cfg.optimizer.params)
     with named("schedule"):
         optim.make_schedule(schedule_spec(cfg))
+    if cfg.model:  # all but the shapes, which need the data (checked when the model is built)
+        with model_errors():
+            nn.build_layers(cfg.model)
     return cfg
 
 
@@ -50,7 +150,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
     key, value = text.split("=", 1)
     if not key.strip():
         raise ConfigError(f"--set {text!r}: empty key")
-    return key.strip().split("."), yaml.safe_load(value)
+    return key.strip().split("."), parse_yaml(value, f"--set {text!r}")
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -59,6 +159,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     `--set optimizer.name=adam` (or schedule.name) also drops the file's keys that the new rule
     does not take but the one it replaces did (`mu`); keys set with --set are always kept."""
     given: dict[str, set[str]] = {}
+    mapping(raw, "")
     for text in overrides or []:
         path, value = parse_override(text)
         node = raw
@@ -85,9 +186,22 @@ def load_config(source: str | None, overrides: list[str] | None = None) -> Confi
         path = bundled_config_path(source)
     if not path.exists():
         raise ConfigError(f"config {source!r}: no such file, and not a bundled config name")
-    with open(path) as fh:
-        raw = yaml.safe_load(fh) or {}
-    return from_dict(apply_overrides(raw, overrides or []))
+    cfg = from_dict(apply_overrides(read_config_file(path), overrides or []))
+    if not cfg.model:
+        raise ConfigError("model: no layers; expected a non-empty list of layer specs, e.g. "
+                          "[{type: flatten}, {type: dense, units: 10}]")
+    return cfg
+
+
+def check_world_size(cfg: Config, world_size: int) -> None:
+    """What only the number of ranks decides: each rank takes an equal share of every global
+    batch (ShardSampler), so train.global_batch must be a multiple of it."""
+    batch = cfg.train.global_batch
+    if batch % world_size:
+        lower, upper = batch - batch % world_size, batch + world_size - batch % world_size
+        nearest = f"{lower} or {upper}" if lower else f"{upper}"
+        raise ConfigError(f"train.global_batch: {batch} does not split evenly over {world_size} "
+                          f"ranks; expected a multiple of {world_size} (e.g. {nearest})")
 
 
 def save_config(cfg: Config, path: Path) -> None:

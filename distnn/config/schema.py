@@ -7,6 +7,7 @@ ConfigError naming the dotted key, the value and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ class TrainConfig:
     eval_every_steps: int = 0  # validate every n steps as well as every epoch (0: epochs only)
     consistency_every: int = 200  # compare a parameter checksum across ranks every n steps
     divergence_factor: float = 3.0  # stop when the loss exceeds this times the initial loss
+    on_divergence: str = "stop"  # stop (exit 3) | rollback: newest good checkpoint, lower lr
+    rollback_lr_factor: float = 0.5  # rollback multiplies the learning rate by this, in (0, 1)
+    max_rollbacks: int = 3  # rollbacks allowed in a run; one more divergence stops (exit 3)
+    clip_grad_norm: float = 0.0  # clip the global gradient norm to this (0: off)
     threads: int = 0  # threads per rank for the layers (0: cores / ranks, at least 1)
 
 
@@ -92,6 +97,7 @@ class CheckpointConfig:
     every_epochs: int = 1
     every_steps: int = 0
     keep_best: int = 1
+    keep_last: int = 2  # step-numbered checkpoints kept (last.h5 links the newest)
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,7 @@ class Config:
 
 CHOICES = {
     "train.loss": ("softmax", "svm"),
+    "train.on_divergence": ("stop", "rollback"),
     "optimizer.name": tuple(optim.RULES),
     "schedule.name": tuple(optim.SCHEDULES),
     "schedule.per": ("step", "epoch"),
@@ -126,11 +133,14 @@ CHOICES = {
     "comm.backend": ("auto", "local", "mpi", "ray"),
 }
 POSITIVE = {"train.epochs", "train.global_batch", "train.grad_accum", "schedule.reference_batch",
-            "checkpoint.keep_best", "comm.workers", "train.divergence_factor"}
+            "checkpoint.keep_best", "checkpoint.keep_last", "comm.workers",
+            "train.divergence_factor"}
 NON_NEGATIVE = {"seed", "data.val_size", "train.l2", "train.max_steps", "train.eval_every_steps",
-                "train.consistency_every", "train.threads", "early_stopping.patience",
+                "train.consistency_every", "train.threads", "train.clip_grad_norm",
+                "train.max_rollbacks", "early_stopping.patience",
                 "early_stopping.min_delta", "checkpoint.every_epochs", "checkpoint.every_steps",
                 "comm.timeout", "comm.max_failures"}
+OPEN_UNIT = {"train.rollback_lr_factor"}  # in (0, 1)
 # optimizer.* and schedule.* hyper-parameters: distnn.optim declares them (hparams_of).
 SECTIONS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig}
 
@@ -158,6 +168,8 @@ def _check_value(key: str, value, hint):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: {value!r} is not a number")
         value = float(value)
+        if not math.isfinite(value):  # inf/nan pass every range check below, then misbehave
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
     elif hint in (str, str | None) and not (
             isinstance(value, str) or (value is None and hint is not str)):
         raise ConfigError(f"{key}: {value!r} is not a string")
@@ -167,6 +179,8 @@ def _check_value(key: str, value, hint):
         raise ConfigError(f"{key}: {value!r} must be > 0")
     if key in NON_NEGATIVE and not value >= 0:
         raise ConfigError(f"{key}: {value!r} must be >= 0")
+    if key in OPEN_UNIT and not 0 < value < 1:
+        raise ConfigError(f"{key}: {value!r} must be in (0, 1)")
     return value
 
 

@@ -25,6 +25,12 @@ TRAIN_MEMBERS = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_MEMBERS = ("test_batch",)
 META_MEMBER = "batches.meta"
 SIDE, PIXELS = 32, 32 * 32 * 3
+# What a member may declare, checked before it is read (a small .tar.gz can declare a member of
+# gigabytes): a batch of 10000 images (the canonical ones are 31035704 bytes: 3072 per image
+# plus its label and file name), the small meta dict. And how many members the archive may have.
+MEMBER_BYTES = {**dict.fromkeys(TRAIN_MEMBERS + TEST_MEMBERS, 10000 * (PIXELS + 256)),
+                META_MEMBER: 1 << 16}
+MAX_MEMBERS = 64  # the canonical archive has 9 (the folder, 7 pickles, readme.html)
 _RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's ndarray rebuild function, whatever its module
 
 
@@ -111,14 +117,28 @@ def _class_names(meta, where: str, num_classes: int) -> tuple[str, ...]:
     return tuple(n.decode("utf-8") if isinstance(n, bytes) else n for n in names)
 
 
+def _check_member(archive: Path, info: tarfile.TarInfo, name: str | None, count: int) -> None:
+    """Refuse an archive of too many members, or a member declaring more than its format
+    holds, before anything is read."""
+    if count > MAX_MEMBERS:
+        raise CorruptFileError(archive, "archive layout", f"more than {MAX_MEMBERS} members, "
+                                                          f"expected the 9 of CIFAR-10")
+    limit = MEMBER_BYTES.get(name or "")
+    if limit is not None and info.size > limit:
+        raise CorruptFileError(f"{archive}:{info.name}", "member size",
+                               f"declares {info.size} bytes, expected at most {limit} for "
+                               f"{'the meta dict' if name == META_MEMBER else '10000 images'}")
+
+
 def _read_members(archive: Path, wanted: tuple) -> dict:
     """{member: unpickled object} in one forward pass: seeking back in a .tar.gz would
     decompress it again from the start."""
     found = {}
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            for info in tar:
+            for count, info in enumerate(tar, 1):
                 name = info.name[len(PREFIX):] if info.name.startswith(PREFIX) else None
+                _check_member(archive, info, name, count)
                 member = tar.extractfile(info) if name in wanted and info.isfile() else None
                 if member is not None:
                     found[name] = safe_load(member.read(), f"{archive}:{info.name}")

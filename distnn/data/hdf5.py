@@ -69,6 +69,40 @@ def _write_split(group, ds: Dataset, chunk_bytes: int) -> None:
         images[start:stop] = ds.read(np.arange(start, stop))
 
 
+def _class_names(value, path: Path) -> tuple[str, ...]:
+    """The class_names attribute: a non-empty 1-D list of strings."""
+    if not isinstance(value, (list, np.ndarray)) or np.ndim(value) != 1 or not len(value) \
+            or not all(isinstance(c, (str, bytes)) for c in value):
+        raise CorruptFileError(path, "HDF5 layout", f"attribute class_names is {value!r:.80}, "
+                                                    f"expected a non-empty list of strings")
+    return tuple(c.decode("utf-8", "replace") if isinstance(c, bytes) else c for c in value)
+
+
+def _check_stored(data: h5py.Dataset, name: str, path: Path) -> None:
+    """The file must hold every byte the dataset declares (uncompressed, fully written), so that
+    a small file cannot declare (and make us allocate) more than it holds."""
+    declared, stored = data.size * data.dtype.itemsize, data.id.get_storage_size()
+    if stored < declared:
+        raise CorruptFileError(path, "HDF5 storage", f"{name} declares {declared} bytes and "
+                                                     f"stores {stored}; expected uncompressed, "
+                                                     f"fully written data")
+
+
+def _checked_labels(raw: np.ndarray, name: str, path: Path, num_classes: int) -> np.ndarray:
+    """int64 labels, each an integer in [0, num_classes) (integral floats are accepted)."""
+    bad = ~np.isfinite(raw) | (raw != np.round(raw)) if raw.dtype.kind == "f" else None
+    if bad is not None and bad.any():
+        i = int(np.argmax(bad))
+        raise CorruptFileError(path, "label type", f"{name}[{i}] is {float(raw[i])}, "
+                                                   f"expected an integer class index")
+    out_of_range = (raw < 0) | (raw >= num_classes)
+    if out_of_range.any():
+        i = int(np.argmax(out_of_range))
+        raise CorruptFileError(path, "label range", f"{name}[{i}] is {raw[i]}, expected "
+                                                    f"0..{num_classes - 1}")
+    return raw.astype(np.int64)
+
+
 class H5Dataset(Dataset):
     """One split of a distnn HDF5 file. Labels are loaded; images are read on demand, only the
     samples asked for (the file stays open until close())."""
@@ -89,30 +123,33 @@ class H5Dataset(Dataset):
 
     def _bind(self, split: str) -> None:
         f = self._file
-        if f.attrs.get("format") != FORMAT:
-            raise CorruptFileError(self.path, "HDF5 format", f"attribute format is "
-                                                             f"{f.attrs.get('format')!r}, "
+        fmt = f.attrs.get("format")
+        if not (isinstance(fmt, str) and fmt == FORMAT):
+            raise CorruptFileError(self.path, "HDF5 format", f"attribute format is {fmt!r:.80}, "
                                                              f"expected {FORMAT!r}")
-        if split not in f or "images" not in f[split] or "labels" not in f[split]:
-            have = list(f)
+        group = f.get(split)
+        if not (isinstance(group, h5py.Group) and isinstance(group.get("images"), h5py.Dataset)
+                and isinstance(group.get("labels"), h5py.Dataset)):
             raise DataError(f"{self.path}: no split {split!r} (with images and labels); the file "
-                            f"holds {have}")
-        self._images = f[split]["images"]
-        self.labels = f[split]["labels"][()].astype(np.int64)
-        self.class_names = tuple(str(c) for c in f.attrs["class_names"])
+                            f"holds {list(f)}")
+        self._images = group["images"]
+        self.class_names = _class_names(f.attrs.get("class_names"), self.path)
         self.num_classes = len(self.class_names)
         self.name, self.split = str(f.attrs.get("name", self.path.stem)), split
         self.provenance = f"{self.path} [{split}], converted from:\n{f.attrs.get('provenance', '')}"
         self.image_shape = tuple(int(d) for d in self._images.shape[1:])
-        shape_ok = self._images.dtype == np.uint8 and self._images.ndim == 4
-        if not shape_ok or self._images.shape[0] != len(self.labels):
+        labels = group["labels"]
+        if self._images.dtype != np.uint8 or self._images.ndim != 4 or labels.ndim != 1 \
+                or labels.dtype.kind not in "iuf" or self._images.shape[0] != labels.shape[0]:
             raise CorruptFileError(self.path, "HDF5 layout", f"{split}/images is "
                                                              f"{self._images.dtype} "
-                                                             f"{self._images.shape} for "
-                                                             f"{len(self.labels)} labels")
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
-            raise CorruptFileError(self.path, "label range", f"{split}/labels outside "
-                                                             f"0..{self.num_classes - 1}")
+                                                             f"{self._images.shape}, labels "
+                                                             f"{labels.dtype} {labels.shape}; "
+                                                             f"expected uint8 (n, H, W, C) and "
+                                                             f"integer (n,)")
+        for name, data in ((f"{split}/images", self._images), (f"{split}/labels", labels)):
+            _check_stored(data, name, self.path)
+        self.labels = _checked_labels(labels[()], f"{split}/labels", self.path, self.num_classes)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """uint8 (len(indices), H, W, C) in the order given; reads only those samples.

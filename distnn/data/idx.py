@@ -18,17 +18,27 @@ from distnn.data.errors import CorruptFileError
 UINT8 = 0x08
 IMAGES_MAGIC = 0x0803  # 2051
 LABELS_MAGIC = 0x0801  # 2049
+# Samples an IDX file may hold when the count is not checked (verify=False; the MNIST splits
+# hold 60000 and 10000). Decompression stops past what that many take (78 MB of 28x28 images),
+# so a small .gz cannot fill the memory.
+MAX_SAMPLES = 100_000
 
 
-def read_gzip(path: str | Path) -> bytes:
-    """The decompressed bytes; a truncated or non-gzip file is a 'gzip' check failure."""
+def read_gzip(path: str | Path, max_bytes: int, samples: int) -> bytes:
+    """The decompressed bytes; a truncated or non-gzip file is a 'gzip' check failure, one that
+    decompresses to more than max_bytes (what `samples` samples take) a 'gzip size' one."""
     try:
-        with open(path, "rb") as f:
-            return gzip.decompress(f.read())
+        with gzip.open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
     except (OSError, EOFError, zlib.error) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
         raise CorruptFileError(path, "gzip", f"cannot decompress: {exc}") from None
+    if len(raw) > max_bytes:
+        raise CorruptFileError(path, "gzip size", f"decompresses to more than {max_bytes} "
+                                                  f"bytes, expected at most that ({samples} "
+                                                  f"samples)")
+    return raw
 
 
 def parse_idx(raw: bytes, path: str | Path, ndim: int) -> np.ndarray:
@@ -56,17 +66,19 @@ def load_idx_pair(images_path, labels_path, image_hw: tuple, num_classes: int,
                   count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, H, W, 1) uint8 (read-only) and labels (n,) int64 from two .gz IDX files.
 
-    Checks: gzip, magic, header, payload length, (H, W) == image_hw, n == count (if given),
-    same n in both files, every label in [0, num_classes).
+    Checks: gzip, decompressed size (at most count, else MAX_SAMPLES, samples), magic, header,
+    payload length, (H, W) == image_hw, n == count (if given), same n in both files, every
+    label in [0, num_classes) (IDX labels are uint8: integral by format).
     """
-    images = parse_idx(read_gzip(images_path), images_path, 3)
+    n = MAX_SAMPLES if count is None else count
+    images = parse_idx(read_gzip(images_path, 16 + n * int(np.prod(image_hw)), n), images_path, 3)
     if images.shape[1:] != tuple(image_hw):
         raise CorruptFileError(images_path, "IDX dims", f"images are {images.shape[1:]}, "
                                                         f"expected {tuple(image_hw)}")
     if count is not None and images.shape[0] != count:
         raise CorruptFileError(images_path, "IDX dims", f"{images.shape[0]} images, expected "
                                                         f"{count}")
-    labels = parse_idx(read_gzip(labels_path), labels_path, 1)
+    labels = parse_idx(read_gzip(labels_path, 8 + n, n), labels_path, 1)
     if labels.shape[0] != images.shape[0]:
         raise CorruptFileError(labels_path, "IDX dims", f"{labels.shape[0]} labels for "
                                                         f"{images.shape[0]} images")

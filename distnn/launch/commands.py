@@ -23,8 +23,10 @@ from distnn.comm import (
     install_excepthook,
 )
 from distnn.config import ConfigError, load_config
+from distnn.data.errors import DataError
 from distnn.exit_codes import ExitCode
-from distnn.launch.worker import report, run_worker
+from distnn.launch.worker import one_line, report, run_worker
+from distnn.train import signals
 from distnn.train.errors import CheckpointError
 from distnn.train.evaluate_checkpoint import evaluate_checkpoint
 
@@ -70,10 +72,11 @@ def _add_ray_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    signals.hold_for_process()  # a stop request from here to exit ends the run with 75
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
-        print(f"distnn train: {exc}", file=sys.stderr)
+        print(f"distnn train: {one_line(exc)}", file=sys.stderr)
         return ExitCode.BAD_INPUT
     backend = args.backend or cfg.comm.backend
     backend = detect_backend() if backend == "auto" else backend
@@ -103,8 +106,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         result = evaluate_checkpoint(Path(args.checkpoint), comm, args.dataset, args.split,
                                      args.data_dir)
-    except CheckpointError as exc:
-        print(f"distnn evaluate: {exc}", file=sys.stderr)
+    except (CheckpointError, DataError) as exc:
+        print(f"distnn evaluate: {one_line(exc)}", file=sys.stderr)
         return ExitCode.BAD_INPUT
     if comm.rank == 0:
         if args.json:

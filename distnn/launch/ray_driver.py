@@ -34,8 +34,9 @@ from ray.util.scheduling_strategies import (
 )
 
 from distnn.comm.rendezvous import create_group, release_segments
-from distnn.config import Config
+from distnn.config import Config, ConfigError
 from distnn.exit_codes import ExitCode
+from distnn.launch.lock import RunDirLock
 from distnn.launch.ray_cluster import BadInput, connect, log
 from distnn.launch.ray_worker import Worker
 from distnn.launch.rundir import choose_run_dir
@@ -58,11 +59,19 @@ def launch(args: argparse.Namespace, cfg: Config) -> int:
             raise BadInput(f"--workers {workers} needs {workers} CPUs (one per worker), but "
                            f"this machine has {os.cpu_count()} (for a cluster, pass --address "
                            f"or set RAY_ADDRESS)")
-        connect(address)
+        # Decided once, absolute, so that restarted groups write to the same place; locked
+        # here, for the whole job, since worker groups come and go.
+        run_dir = choose_run_dir(args.run_dir, args.resume, cfg.name).resolve()
         try:
-            return _launch(args, cfg, workers, max_failures, address)
+            held = RunDirLock.claim(run_dir)
+        except ConfigError as exc:
+            raise BadInput(str(exc)) from None
+        try:
+            connect(address)
+            return _launch(args, cfg, workers, max_failures, address, run_dir)
         finally:
             ray.shutdown()
+            held.release()
     except BadInput as exc:
         log(f"error: {exc}")
         return ExitCode.BAD_INPUT
@@ -84,10 +93,8 @@ def _reserve(workers: int, where: str) -> PlacementGroup:
 
 
 def _launch(args: argparse.Namespace, cfg: Config, workers: int, max_failures: int,
-            address: str | None) -> int:
+            address: str | None, run_dir: Path) -> int:
     pg = _reserve(workers, f"the Ray cluster at {address}" if address else "the local Ray")
-    # Decided once, absolute, so that restarted groups write to the same place.
-    run_dir = choose_run_dir(args.run_dir, args.resume, cfg.name).resolve()
     resume, failures = args.resume, 0
     try:
         with _Signals() as signals:

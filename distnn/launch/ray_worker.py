@@ -14,6 +14,7 @@ from distnn.comm.failfast import report_and_abort
 from distnn.comm.ray import RayCommunicator
 from distnn.config import Config
 from distnn.launch.worker import Outcome, run_worker
+from distnn.train import signals
 
 
 class Worker:
@@ -27,6 +28,7 @@ class Worker:
     def run(self, rank: int, size: int, rendezvous, cfg: Config, run_dir: str,
             resume: str | None, cwd: str | None) -> Outcome:
         """The same run_worker as every other backend, on a RayCommunicator."""
+        signals.hold_for_process()  # the driver forwards its stop signals to rank 0
         if cwd and os.path.isdir(cwd):
             os.chdir(cwd)  # relative paths in the config mean what they mean for the driver
         if cfg.train.threads == 0:
@@ -35,7 +37,7 @@ class Worker:
         comm = RayCommunicator(rank, size, rendezvous, timeout=cfg.comm.timeout or None)
         install_excepthook(comm)  # a dying helper thread (prefetch) ends the group
         try:
-            return run_worker(cfg, comm, run_dir, resume)
+            return run_worker(cfg, comm, run_dir, resume, lock=False)  # the driver holds it
         except Exception:  # any other error ends every rank, as under MPI
             report_and_abort(comm, *sys.exc_info())
         finally:

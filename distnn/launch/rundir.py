@@ -1,22 +1,25 @@
 """Which run directory a run writes to, and which checkpoint it resumes from.
 
 Run directory contract (scripts depend on it): <run_dir>/config.yaml (resolved config),
-<run_dir>/metrics.jsonl, <run_dir>/checkpoints/last.h5 and best.h5.
+<run_dir>/metrics.jsonl, <run_dir>/checkpoints/last.h5 and best.h5 (and step-<n>.h5, the newest
+of which last.h5 links: train/retention.py).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 from distnn.comm import Communicator
 from distnn.config import Config, ConfigError
+from distnn.launch.lock import RunDirLock
+from distnn.train.retention import find_resumable, has_checkpoint
 
 
 def latest_run_dir(name: str) -> Path | None:
-    """The newest runs/<name>-* that holds a last checkpoint (for --resume auto)."""
-    found = sorted(p for p in Path("runs").glob(f"{name}-*")
-                   if (p / "checkpoints/last.h5").exists())
+    """The newest runs/<name>-* that holds a checkpoint (for --resume auto)."""
+    found = sorted(p for p in Path("runs").glob(f"{name}-*") if has_checkpoint(p / "checkpoints"))
     return found[-1] if found else None
 
 
@@ -32,27 +35,42 @@ def choose_run_dir(run_dir: str | None, resume: str | None, name: str) -> Path:
 def _decide(run_dir: str | None, resume: str | None, name: str) -> str | tuple[str, str | None]:
     """(run directory, checkpoint to resume or None), or the message refusing the request."""
     chosen = choose_run_dir(run_dir, resume, name)
-    last = chosen / "checkpoints" / "last.h5"
+    folder = chosen / "checkpoints"
     if resume == "auto":
-        start = last if last.exists() else None
+        start, skipped = find_resumable(folder)
+        if skipped and start is None:
+            return f"no checkpoint in {folder} passes its checks: {'; '.join(skipped)}"
+        if skipped:
+            print(f"distnn train: warning: skipped {'; '.join(skipped)}; resuming from {start}",
+                  file=sys.stderr, flush=True)
     elif resume:
         start = Path(resume)
-    elif last.exists():
-        return (f"run directory {chosen} already holds a run ({last}); pass --resume auto to "
+    elif has_checkpoint(folder):
+        return (f"run directory {chosen} already holds a run ({folder}); pass --resume auto to "
                 f"continue it, or choose another --run-dir")
     else:
         start = None
     return str(chosen), (str(start) if start else None)
 
 
-def resolve_run(run_dir: str | None, resume: str | None, cfg: Config,
-                comm: Communicator) -> tuple[Path, Path | None]:
+def resolve_run(run_dir: str | None, resume: str | None, cfg: Config, comm: Communicator,
+                lock: bool = True) -> tuple[Path, Path | None, RunDirLock | None]:
     """Rank 0 decides the run directory and the checkpoint to resume (`resume`: None, "auto"
-    or a path); every rank gets its answer, or the same ConfigError.
+    or a path) and, with `lock`, takes the run directory's lock (launch/lock.py) before
+    anything is written or loaded; every rank gets the answer, or the same ConfigError.
+    Returns (run directory, checkpoint or None, the lock on rank 0 else None).
     Collective: all ranks must call."""
-    decision = _decide(run_dir, resume, cfg.name) if comm.rank == 0 else None
+    decision: str | tuple[str, str | None] | None = None
+    held = None
+    if comm.rank == 0:
+        decision = _decide(run_dir, resume, cfg.name)
+        if lock and not isinstance(decision, str):
+            try:
+                held = RunDirLock.claim(Path(decision[0]))
+            except ConfigError as exc:
+                decision = str(exc)
     decision = comm.bcast_obj(decision)
     if isinstance(decision, str):
         raise ConfigError(decision)
     assert decision is not None
-    return Path(decision[0]), (Path(decision[1]) if decision[1] else None)
+    return Path(decision[0]), (Path(decision[1]) if decision[1] else None), held

@@ -3,16 +3,17 @@ a Ray actor), and the single place where an exception becomes an exit code."""
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from distnn.comm import Communicator
-from distnn.config import Config, ConfigError
+from distnn.config import Config, ConfigError, check_world_size
 from distnn.data.errors import DataError
 from distnn.exit_codes import ExitCode
 from distnn.launch.rundir import resolve_run
-from distnn.train.errors import CheckpointError, TrainingDiverged
+from distnn.train.errors import CheckpointError, CheckpointWriteError, TrainingDiverged
 from distnn.train.run import train
 
 
@@ -26,24 +27,49 @@ class Outcome:
 
 
 def run_worker(cfg: Config, comm: Communicator, run_dir: str | None,
-               resume: str | None) -> Outcome:
+               resume: str | None, lock: bool = True) -> Outcome:
     """Train `cfg` on this rank in the run directory that `run_dir`/`resume` select (see
-    launch.rundir). Bad input and divergence become their exit codes here, with one line on
+    launch.rundir), holding its lock unless `lock` is False (the Ray driver holds it for its
+    worker groups). Bad input and divergence become their exit codes here, with one line on
     stderr; any other exception propagates (the backend's fail-fast hook ends the job).
     Collective: all ranks must call."""
     try:
-        rd, start = resolve_run(run_dir, resume, cfg, comm)
-        result = train(cfg, comm, rd, start)
+        check_world_size(cfg, comm.size)
+        rd, start, held = resolve_run(run_dir, resume, cfg, comm, lock)
+        try:
+            result = train(cfg, comm, rd, start)
+        finally:
+            if held is not None:
+                held.release()
     except (ConfigError, CheckpointError, DataError) as exc:
         # Every rank raised the same error (decided on rank 0 and broadcast, or from the same
         # config): exit cleanly, no abort needed.
-        print(f"distnn train [rank {comm.rank}]: {exc}", file=sys.stderr, flush=True)
+        print(f"distnn train [rank {comm.rank}]: {one_line(exc)}", file=sys.stderr, flush=True)
         return Outcome(ExitCode.BAD_INPUT, None, None)
     except TrainingDiverged as exc:
         if comm.rank == 0:
             print(f"distnn train: diverged: {exc}", file=sys.stderr, flush=True)
         return Outcome(ExitCode.DIVERGED, None, None)
+    except CheckpointWriteError as exc:
+        # Rank 0's write failed and it told every rank (train/keeper.py): all end alike.
+        if comm.rank == 0:
+            print(f"distnn train: checkpoint write failed: {exc}", file=sys.stderr, flush=True)
+        return Outcome(ExitCode.WRITE_FAILED, None, None)
     return Outcome(result.exit_code, result.run_dir, result.test)
+
+
+LINE_LIMIT = 1000  # characters of a bad-input message; a longer one is cut in the middle
+
+
+def one_line(message: object, limit: int = LINE_LIMIT) -> str:
+    """A bad-input message as one line of at most about `limit` characters: line breaks (and
+    their indentation) become spaces; a long message loses its middle, so that the key or file
+    named in front and what was expected at the end both stay."""
+    text = re.sub(r"\s*\n\s*", " ", str(message)).strip()
+    if len(text) > limit:
+        head, tail = text[:limit * 2 // 3], text[-(limit // 3):]
+        text = f"{head} ...[{len(text) - len(head) - len(tail)} characters cut]... {tail}"
+    return text
 
 
 def report(outcome: Outcome) -> None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from distnn.nn import kernels
-from distnn.nn.base import Layer
+from distnn.nn.base import Layer, is_number
 from distnn.nn.errors import ShapeError, SpecError
 
 
 def _check_alpha(layer, alpha):
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha < 0:
-        raise SpecError(f"{layer.name}: alpha={alpha!r}, expected a number >= 0")
+    if not is_number(alpha) or not 0 <= alpha < math.inf:
+        raise SpecError(f"{layer.name}: alpha={alpha!r}, expected a finite number >= 0")
     return float(alpha)
 
 

@@ -14,6 +14,11 @@ from numpy.typing import DTypeLike
 from distnn.nn.errors import ShapeError
 
 
+def is_number(value: object) -> bool:
+    """A real number from a spec (int or float, not a bool): checked before comparing it."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 class Layer:
     """Base class. Subclasses set `kind` and implement `_build`, `forward` and `backward`."""
 

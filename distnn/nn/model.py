@@ -8,6 +8,8 @@ so an allreduce or an optimizer step is one call over one array.
 from __future__ import annotations
 
 import inspect
+import math
+import re
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Any, cast
@@ -30,6 +32,10 @@ LAYERS: dict[str, type[Layer]] = {
                 ELU, Tanh, Sigmoid, Maxout, Dropout, BatchNorm)
 }
 _ALIGN = 16  # elements: each view starts on a 64-byte boundary for float32 BLAS/SIMD
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")  # a layer name: a key in checkpoints
+# Elements of all parameters, or of one layer's per-sample output: 1 GiB of float32. A sanity
+# bound that refuses absurd specs (units: 1e11) with a SpecError instead of a MemoryError.
+MAX_ELEMENTS = 2**28
 
 
 def build_layer(spec: dict, index: int) -> Layer:
@@ -50,10 +56,42 @@ def build_layer(spec: dict, index: int) -> Layer:
             f"layer {index} ({kind}): unknown key(s) {unknown}; expected some of {sorted(allowed)}"
         )
     kwargs.setdefault("name", f"{kind}{index}")
+    if not isinstance(kwargs["name"], str) or not NAME.fullmatch(kwargs["name"]):
+        raise SpecError(f"layer {index} ({kind}): name={kwargs['name']!r}, expected letters, "
+                        f"digits, _ or - (at most 64, not starting with a digit or -)")
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a missing required argument such as filters/units
         raise SpecError(f"layer {index} ({kind}): {exc}") from None
+
+
+def build_layers(specs: Sequence[dict[str, Any]]) -> list[Layer]:
+    """The unbuilt layers of a model spec: everything that can be checked without the input
+    shape (a non-empty list, each layer's type, keys and values, distinct names)."""
+    if not isinstance(specs, (list, tuple)) or not specs:
+        raise SpecError(f"model: layers={specs!r}, expected a non-empty list of layer specs")
+    layers = [build_layer(spec, i) for i, spec in enumerate(specs)]
+    seen: dict[str, int] = {}
+    for i, layer in enumerate(layers):
+        if layer.name in seen:
+            raise SpecError(f"layer {i}: name {layer.name!r} is already the name of layer "
+                            f"{seen[layer.name]}; expected distinct layer names")
+        seen[layer.name] = i
+    return layers
+
+
+def _check_sizes(layers: Sequence[Layer]) -> None:
+    """SpecError when a built layer's output or the parameters exceed MAX_ELEMENTS."""
+    total = 0
+    for layer in layers:
+        size = math.prod(layer.out_shape or ())
+        total += sum(math.prod(s) for s in layer.param_shapes().values())
+        if size > MAX_ELEMENTS:
+            raise SpecError(f"{layer.name}: output shape {layer.out_shape} holds {size} values "
+                            f"per sample, expected at most {MAX_ELEMENTS}")
+        if total > MAX_ELEMENTS:
+            raise SpecError(f"{layer.name}: {total} parameters up to this layer, expected at "
+                            f"most {MAX_ELEMENTS}")
 
 
 Slot = tuple[Layer, str, tuple[int, ...], int]  # (layer, array name, shape, offset)
@@ -80,10 +118,8 @@ class Sequential:
 
     def __init__(self, specs: Sequence[dict[str, Any]], input_shape: Sequence[int],
                  seed: int = 0, dtype: DTypeLike = np.float32, extra_grad_slots: int = 0) -> None:
-        if not isinstance(specs, (list, tuple)) or not specs:
-            raise SpecError(f"model: layers={specs!r}, expected a non-empty list of layer specs")
-        self.specs = [dict(s) if isinstance(s, dict) else s for s in specs]
-        self.layers = [build_layer(spec, i) for i, spec in enumerate(self.specs)]
+        self.layers = build_layers(specs)
+        self.specs = [dict(s) for s in specs]
         self.input_shape = tuple(int(d) for d in input_shape)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -91,6 +127,7 @@ class Sequential:
         shape = self.input_shape
         for layer in self.layers:
             shape = layer.build(shape, self.dtype)
+        _check_sizes(self.layers)
         self.output_shape = shape
         self.layers[0].input_grad = False
         self._fuse_relus()

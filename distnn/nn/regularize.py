@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from distnn.nn.base import Layer
+from distnn.nn.base import Layer, is_number
 from distnn.nn.errors import SpecError
 
 
@@ -18,7 +20,7 @@ class Dropout(Layer):
 
     def __init__(self, rate: float = 0.5, name=None):
         super().__init__(name)
-        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate < 1:
+        if not is_number(rate) or not 0 <= rate < 1:
             raise SpecError(f"{self.name}: rate={rate!r}, expected a number in [0, 1)")
         self.rate = float(rate)
         self.rng = np.random.default_rng(0)
@@ -55,10 +57,10 @@ class BatchNorm(Layer):
 
     def __init__(self, momentum: float = 0.9, eps: float = 1e-5, name=None):
         super().__init__(name)
-        if not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+        if not is_number(momentum) or not 0 <= momentum < 1:
             raise SpecError(f"{self.name}: momentum={momentum!r}, expected a number in [0, 1)")
-        if not isinstance(eps, (int, float)) or eps <= 0:
-            raise SpecError(f"{self.name}: eps={eps!r}, expected a number > 0")
+        if not is_number(eps) or not 0 < eps < math.inf:
+            raise SpecError(f"{self.name}: eps={eps!r}, expected a finite number > 0")
         self.momentum, self.eps = float(momentum), float(eps)
 
     def param_shapes(self):

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+from threadpoolctl import ThreadpoolController
+
 # The most groups a layer cuts its batch into (each group holds one partial weight gradient).
 GROUPS = 16
 
@@ -96,8 +98,6 @@ def _executor(size: int) -> ThreadPoolExecutor:
 def _one_blas_thread():
     global _blas
     if _blas is None:
-        from threadpoolctl import ThreadpoolController
-
         _blas = ThreadpoolController().select(user_api="blas")
     with _blas.limit(limits=1):
         yield

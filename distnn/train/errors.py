@@ -11,3 +11,7 @@ class TrainingDiverged(RuntimeError):
 
 class ReplicaMismatch(RuntimeError):
     """The model replicas on different ranks no longer hold identical parameters."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (disk full, I/O error); the previous checkpoint is intact."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from distnn.config import from_dict
+from distnn.config import ConfigError, from_dict, parse_yaml
 from distnn.data import get_dataset
+from distnn.nn import StateError
+from distnn.train.errors import CheckpointError
 from distnn.train.evaluate import evaluate
 from distnn.train.run import load_on_root
 from distnn.train.setup import build_model
@@ -15,14 +15,21 @@ from distnn.train.setup import build_model
 
 def evaluate_checkpoint(path: Path, comm, dataset: str | None, split: str,
                         data_dir: str | None) -> dict:
-    """Collective: all ranks must call. Returns {'accuracy', 'loss', 'n', 'dataset', 'split'}."""
+    """Collective: all ranks must call. Returns {'accuracy', 'loss', 'n', 'dataset', 'split'}.
+    A checkpoint whose saved config or arrays do not fit the dataset is a CheckpointError; the
+    dataset's own errors are DataErrors (both name the file)."""
     snap = load_on_root(path, None, comm)
     assert snap is not None  # a path was given: a snapshot or a CheckpointError
-    cfg = from_dict(yaml.safe_load(snap.config_yaml))
+    try:
+        cfg = from_dict(parse_yaml(snap.config_yaml, "its config") or {})
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     name = dataset or cfg.data.dataset
     data = get_dataset(name, split, data_dir or cfg.data.data_dir)
-    model = build_model(cfg, data.image_shape)
-    model.load_state_dict(snap.model)
+    try:
+        model = build_model(cfg, data.image_shape, data.num_classes)
+        model.load_state_dict(snap.model)
+    except (ConfigError, StateError) as exc:
+        raise CheckpointError(f"{path}: its model does not fit {name} [{split}]: {exc}") from None
     result = evaluate(model, data, comm, snap.normalization, cfg.train.loss)
     return {**result, "dataset": name, "split": split}
-

@@ -7,48 +7,30 @@ files.
 
 from __future__ import annotations
 
-import math
-import signal
 import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from distnn.config import Config, to_dict
+from distnn.config import Config
 from distnn.data import BatchIterator, RandomCropFlip
 from distnn.exit_codes import ExitCode
 from distnn.train import checkpoint as ckpt
-from distnn.train.errors import TrainingDiverged
+from distnn.train.divergence import DivergenceGuard
+from distnn.train.errors import CheckpointError
 from distnn.train.evaluate import evaluate
+from distnn.train.keeper import CheckpointKeeper
 from distnn.train.metrics import progress
+from distnn.train.signals import StopRequest
 from distnn.train.state import RunState
 from distnn.train.step import DataParallelStep, check_replicas
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-class SignalFlag:
-    """Remembers that SIGTERM/SIGUSR1 arrived; the flag travels in the next step's allreduce."""
-
-    def __init__(self):
-        self.raised, self._old = False, {}
-
-    def __enter__(self):
-        for sig in STOP_SIGNALS:
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.raised = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+ROLLED_BACK = -1  # train_step / end_epoch: the state went back to the newest good checkpoint
 
 
 class Coordinator:
-    """Owns the loop; `run()` returns an exit code (0 done, 3 diverged, 75 resumable stop)."""
+    """Owns the loop; `run()` returns an exit code (0 done, 75 resumable stop); divergence and
+    a failed checkpoint write raise TrainingDiverged / CheckpointWriteError on every rank."""
 
     def __init__(self, cfg: Config, comm, parts, run_dir: Path, metrics):
         self.cfg, self.comm, self.run_dir, self.metrics = cfg, comm, Path(run_dir), metrics
@@ -62,17 +44,21 @@ class Coordinator:
         self.best_params: tuple[np.ndarray, np.ndarray] | None = None
         t = cfg.train
         self.step_fn = DataParallelStep(self.model, self.optimizer, comm, t.loss, t.l2,
-                                        t.grad_accum)
+                                        t.grad_accum, t.clip_grad_norm)
         self.is_root = comm.rank == 0
         self.last_update_ratio = self.last_grad_norm = float("nan")
         self._before = np.empty_like(self.model.params)  # for the update ratio, reused
+        self._state_before = np.empty_like(self.model.state)  # BatchNorm stats before a step
+        self.keeper = CheckpointKeeper(cfg, comm, self.run_dir, parts)
+        self.keeper.started(self.state, None)  # restore() replaces it on a resume
+        self.guard = DivergenceGuard(t, self.keeper, metrics, self.is_root)
 
     # -- schedule -------------------------------------------------------------------------------
     def lr(self) -> float:
         s = self.state
         frac = s.step_in_epoch / max(self.sampler.steps_per_epoch, 1)
         epoch = s.epoch + (frac if self.cfg.schedule.per == "step" else 0.0)
-        return float(self.schedule.lr(s.step, epoch))
+        return float(self.schedule.lr(s.step, epoch)) * s.lr_scale
 
     def global_count(self, step_in_epoch: int) -> int:
         """Samples in the global batch of this step (the last one of an epoch may be partial)."""
@@ -80,8 +66,16 @@ class Coordinator:
         return min(b, n - step_in_epoch * b)
 
     # -- one epoch ------------------------------------------------------------------------------
-    def run_epoch(self, flag: SignalFlag) -> int | None:
-        """Train the rest of the current epoch; an exit code if training must end now."""
+    def run_epoch(self, flag: StopRequest) -> int | None:
+        """Train the rest of the current epoch (after a rollback: the rest of the restored
+        state's epoch); an exit code if training must end now."""
+        code: int | None = ROLLED_BACK
+        while code == ROLLED_BACK:
+            code = self.run_steps(flag)
+        return code
+
+    def run_steps(self, flag: StopRequest) -> int | None:
+        """Train from the state's position to its epoch's end, or an exit code / ROLLED_BACK."""
         s, cfg = self.state, self.cfg
         self.sampler.set_epoch(s.epoch)
         steps = self.sampler.steps_per_epoch
@@ -115,24 +109,23 @@ class Coordinator:
             return None
         return RandomCropFlip(pad=4, flip=True)
 
-    def train_step(self, x, y, flag: SignalFlag) -> int | None:
+    def train_step(self, x, y, flag: StopRequest) -> int | None:
+        """One step; an exit code or ROLLED_BACK when the loop must leave the epoch."""
         s, t = self.state, self.cfg.train
         self.model.reseed(self.cfg.seed, s.step, self.comm.rank)
-        want_ratio = s.step % 50 == 0
-        if want_ratio:
-            np.copyto(self._before, self.model.params)
+        np.copyto(self._state_before, self.model.state)
         lr = self.lr()
-        res = self.step_fn(x, y, self.global_count(s.step_in_epoch), lr, flag.raised)
-        if want_ratio:
-            self.record_ratio(self._before)
+        res = self.step_fn(x, y, self.global_count(s.step_in_epoch), lr, flag.raised,
+                           apply=False)
         if s.initial_loss is None:
             s.initial_loss = res.loss
-        if not math.isfinite(res.loss) or res.loss > t.divergence_factor * s.initial_loss:
-            raise TrainingDiverged(
-                f"step {s.step}: loss {res.loss:.4g} (initial {s.initial_loss:.4g}, limit "
-                f"{t.divergence_factor:g}x) at lr {lr:.4g}; lower the learning rate. "
-                f"The last good checkpoint is kept in {self.run_dir / 'checkpoints'}"
-            )
+        if self.guard.diverged(s, res.loss):
+            return self.on_divergence(f"step {s.step}: loss {res.loss:.4g}", lr, res.loss,
+                                      res.correct / max(res.count, 1))
+        self.keeper.write_pending()  # the parameters this step's loss has just scored
+        if res.stop:
+            return self.stop_before_update()
+        self.update(lr)
         s.step += 1
         s.step_in_epoch += 1
         s.epoch_loss += res.loss
@@ -140,9 +133,6 @@ class Coordinator:
         s.epoch_count += res.count
         if t.consistency_every and s.step % t.consistency_every == 0:
             check_replicas(self.model, self.comm, s.step)
-        if res.stop:
-            self.save("last")
-            return ExitCode.RESUMABLE
         if t.max_steps and s.step >= t.max_steps:
             return ExitCode.OK
         if t.eval_every_steps and s.step % t.eval_every_steps == 0 \
@@ -150,8 +140,28 @@ class Coordinator:
             self.validate(lr)  # logged only: early stopping and plateau decide per epoch
         every = self.cfg.checkpoint.every_steps
         if every and s.step % every == 0 and s.step_in_epoch < self.sampler.steps_per_epoch:
-            self.save("last")
+            self.keeper.request(s)  # written once the next step's loss has scored it
         return None
+
+    def update(self, lr: float) -> None:
+        """Apply the step's reduced gradient (every 50 steps measuring the update ratio)."""
+        want_ratio = self.state.step % 50 == 0
+        if want_ratio:
+            np.copyto(self._before, self.model.params)
+        self.step_fn.apply_update(lr)
+        if want_ratio:
+            self.record_ratio(self._before)
+
+    def stop_before_update(self) -> int:
+        """A stop signal came with this step: the step is dropped (no update; BatchNorm
+        statistics as before its forward pass) and the state before it, which this step's loss
+        has scored, is checkpointed (resuming redoes the step). Collective: all ranks must call.
+        """
+        self.model.state[...] = self._state_before
+        written = self.keeper.last_written
+        if written is None or written[1] != self.state.step:
+            self.keeper.write_now(self.state, "last")
+        return ExitCode.RESUMABLE
 
     def record_ratio(self, before: np.ndarray) -> None:
         """The material's health numbers: ||update|| / ||weights|| (~1e-3) and ||gradient||."""
@@ -178,8 +188,10 @@ class Coordinator:
                            images_per_s=val["n"] / max(time.perf_counter() - t0, 1e-9))
         return val
 
-    def end_epoch(self) -> bool:
-        """Log, validate, update early stopping / plateau / best-k, checkpoint. True: stop."""
+    def end_epoch(self) -> int:
+        """Log, validate (the validation loss is the divergence check of the parameters about to
+        be checkpointed), update early stopping / plateau / best-k, checkpoint.
+        Returns 1 (True): stop, 0 (False): go on, or ROLLED_BACK."""
         s, cfg = self.state, self.cfg
         self.sync_state()
         lr = self.lr()
@@ -189,6 +201,9 @@ class Coordinator:
                            images_per_s=s.epoch_count / max(s.epoch_seconds, 1e-9),
                            grad_norm=self.last_grad_norm, update_ratio=self.last_update_ratio)
         val = self.validate(lr)
+        if self.guard.diverged(s, val["loss"]):
+            return self.on_divergence(f"epoch {s.epoch}: validation loss {val['loss']:.4g}", lr,
+                                      val["loss"], val["accuracy"])
         value = val["loss"] if cfg.early_stopping.monitor == "val_loss" else val["accuracy"]
         if hasattr(self.schedule, "update"):
             self.schedule.update(value)
@@ -201,69 +216,81 @@ class Coordinator:
         s.epoch_loss = s.epoch_seconds = 0.0
         s.epoch_correct = s.epoch_count = 0
         if improved:
-            self.save("best")
+            self.keeper.write_now(s, "best")
         every = cfg.checkpoint.every_epochs
         if every and (finished_epoch + 1) % every == 0:
-            self.save("last")
+            self.keeper.write_now(s, "last")
         return cfg.early_stopping.enabled and s.early.exhausted
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def snapshot(self) -> ckpt.Snapshot:
-        s = self.state
-        if hasattr(self.schedule, "state_dict"):
-            s.schedule = self.schedule.state_dict()
-        return ckpt.Snapshot(
-            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-            normalization=self.normalization, step=s.step, epoch=s.epoch,
-            step_in_epoch=s.step_in_epoch, config_yaml=yaml.safe_dump(to_dict(self.cfg)),
-            model_spec=list(self.cfg.model), coordinator=s.to_json())
+    def restore(self, snap: ckpt.Snapshot, best: ckpt.Snapshot | None,
+                source: Path | None = None) -> None:
+        """Continue from a snapshot (already broadcast from rank 0) read from `source`. One that
+        does not fit the configured model, optimizer or data is a CheckpointError naming the
+        file, raised alike on every rank."""
+        channels = self.splits.train.image_shape[-1]
+        if self.normalization is not None and self.normalization[0].shape != (channels,):
+            raise CheckpointError(f"{source}: its normalisation has {self.normalization[0].size}"
+                                  f" channel(s), the data {channels}")
+        try:
+            self.state = self.keeper.load(snap)
+            if best is not None:
+                keep = self.model.state_dict()
+                self.model.load_state_dict(best.model)
+                self.best_params = (self.model.params.copy(), self.model.state.copy())
+                self.model.load_state_dict(keep)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CheckpointError(f"{source}: does not fit this run's model or optimizer: "
+                                  f"{exc}") from None
+        self.keeper.started(self.state, source)
 
-    def save(self, kind: str) -> None:
-        """Rank 0 writes checkpoints/<kind>.h5 atomically. 'best' also keeps the best k."""
-        if not self.is_root:
-            return
-        folder = self.run_dir / "checkpoints"
-        snap = self.snapshot()
-        if kind == "best":
-            self.rotate_best(folder)
-        ckpt.save_checkpoint(snap, folder / f"{kind}.h5")
-
-    def rotate_best(self, folder: Path) -> None:
-        """best.h5 is the newest best; best-2.h5 .. best-k.h5 the k-1 bests before it."""
-        k = self.cfg.checkpoint.keep_best
-        for i in range(k - 1, 0, -1):
-            src = folder / ("best.h5" if i == 1 else f"best-{i}.h5")
-            if src.exists():
-                src.replace(folder / f"best-{i + 1}.h5")
-
-    def restore(self, snap: ckpt.Snapshot, best: ckpt.Snapshot | None) -> None:
-        """Continue from a snapshot (already broadcast from rank 0)."""
-        self.model.load_state_dict(snap.model)
-        self.optimizer.load_state_dict(snap.optimizer)
-        self.state = RunState.from_json(snap.coordinator)
-        if self.state.schedule and hasattr(self.schedule, "load_state_dict"):
-            self.schedule.load_state_dict(self.state.schedule)
-        if best is not None:
-            keep = self.model.state_dict()
-            self.model.load_state_dict(best.model)
-            self.best_params = (self.model.params.copy(), self.model.state.copy())
-            self.model.load_state_dict(keep)
+    def on_divergence(self, what: str, lr: float, loss: float, accuracy: float) -> int:
+        """Every rank saw the same reduced loss: all raise TrainingDiverged, or all go back to
+        the newest good checkpoint with a lower learning rate (returns ROLLED_BACK)."""
+        old = self.state
+        self.keeper.drop_pending()  # never written: its parameters did not pass
+        self.guard.stop_unless_rolling_back(old, what, lr)
+        assert self.keeper.good is not None
+        self.state = self.keeper.load(self.keeper.good)
+        self.guard.rolled_back(old, self.state, what, lr, self.lr, loss, accuracy)
+        return ROLLED_BACK
 
     # -- the run --------------------------------------------------------------------------------
-    def run(self) -> int:
-        """Train until epochs/max_steps, early stop, divergence or a stop signal."""
-        cfg, s = self.cfg, self.state
-        with SignalFlag() as flag:
-            while s.epoch < cfg.train.epochs:
-                code = self.run_epoch(flag)
-                if code == ExitCode.RESUMABLE:
-                    return code
-                stop = self.end_epoch() if code is None or s.step_in_epoch else False
-                s = self.state
-                if code is not None or stop:
-                    break
-        if cfg.early_stopping.enabled and self.best_params is not None:
+    def run(self, stop: StopRequest) -> int:
+        """Train until epochs/max_steps, early stop, divergence or a stop request; RESUMABLE
+        after a stop request, else OK with the best weights in the model. A run resumed from a
+        finished state trains no further. Collective: all ranks must call."""
+        if not self.finished():
+            code = self.train_epochs(stop)
+            if code == ExitCode.RESUMABLE:
+                return code
+            # last.h5 holds the finished state (scored by the last validation), so a stop
+            # request from here on (the test evaluation) resumes into exactly what is left.
+            self.keeper.drop_pending()
+            if self.keeper.last_written is None or self.keeper.last_written[1] != self.state.step:
+                self.keeper.write_now(self.state, "last")
+        if self.cfg.early_stopping.enabled and self.best_params is not None:
             # Restore the best weights whether or not patience ran out.
             self.model.params[...] = self.best_params[0]
             self.model.state[...] = self.best_params[1]
         return ExitCode.OK
+
+    def finished(self) -> bool:
+        """Whether training is over: epochs done, max_steps reached or patience exhausted."""
+        s, t = self.state, self.cfg.train
+        return (s.epoch >= t.epochs or bool(t.max_steps and s.step >= t.max_steps)
+                or (self.cfg.early_stopping.enabled and s.early.exhausted))
+
+    def train_epochs(self, stop: StopRequest) -> int | None:
+        """The epoch loop; RESUMABLE on a stop request, else None once finished."""
+        while not self.finished():
+            code = self.run_epoch(stop)
+            if code == ExitCode.RESUMABLE:
+                return code
+            s = self.state  # a rollback in the epoch replaces it
+            ended = self.end_epoch() if code is None or s.step_in_epoch else False
+            if ended == ROLLED_BACK:
+                continue
+            if code is not None or ended:
+                break
+        return None

@@ -17,6 +17,7 @@ from distnn.nn import Sequential
 from distnn.nn import threads as nn_threads
 from distnn.optim import UpdateRule
 from distnn.train import checkpoint as ckpt
+from distnn.train import signals
 from distnn.train.errors import CheckpointError
 from distnn.train.evaluate import evaluate
 from distnn.train.loop import Coordinator
@@ -30,6 +31,7 @@ from distnn.train.setup import (
     load_splits,
     rank_threads,
 )
+from distnn.train.signals import StopRequest
 
 
 @dataclass
@@ -116,7 +118,7 @@ def build_parts(cfg: Config, comm, resume_snap) -> Parts:
         norm = resume_snap.normalization
     else:
         norm = normalization_for(cfg, splits.train, comm)
-    model = build_model(cfg, splits.train.image_shape)
+    model = build_model(cfg, splits.train.image_shape, splits.train.num_classes)
     comm.broadcast_(model.params)  # identical replicas from the start, whatever the seeding
     if model.state.size:
         comm.broadcast_(model.state)
@@ -127,11 +129,13 @@ def build_parts(cfg: Config, comm, resume_snap) -> Parts:
 
 def train(cfg: Config, comm: Communicator, run_dir: Path,
           resume: Path | None = None) -> TrainResult:
-    """Train per `cfg` on this worker. Collective: every rank of `comm` must call."""
+    """Train per `cfg` on this worker. A stop request (SIGTERM/SIGUSR1, see train/signals.py)
+    at any point ends it with RESUMABLE and a checkpoint from which `resume` completes exactly
+    what was left. Collective: every rank of `comm` must call."""
     run_dir = Path(run_dir)
     threads = rank_threads(cfg.train.threads, comm.size)
     # The conv layers run on `threads` threads of their own, BLAS on one (distnn/nn/threads.py).
-    with threadpool_limits(threads), nn_threads.limit(threads):
+    with threadpool_limits(threads), nn_threads.limit(threads), signals.catching() as stop:
         snap = load_on_root(resume, list(cfg.model), comm)
         best = None
         if snap is not None and resume is not None:
@@ -145,14 +149,28 @@ def train(cfg: Config, comm: Communicator, run_dir: Path,
         metrics = MetricsLog(run_dir / "metrics.jsonl", comm.rank == 0)
         coord = Coordinator(cfg, comm, parts, run_dir, metrics)
         if snap is not None:
-            coord.restore(snap, best)
-        code = coord.run()
+            coord.restore(snap, best, resume)
+        code = coord.run(stop)
         test = None
         if code == ExitCode.OK:
-            t0 = time.perf_counter()
-            test = evaluate(parts.model, parts.splits.test, comm, parts.normalization,
-                            cfg.train.loss)
-            metrics.write(epoch=coord.state.epoch, step=coord.state.step, split="test",
-                          loss=test["loss"], accuracy=test["accuracy"], n=test["n"], lr=coord.lr(),
-                          images_per_s=test["n"] / max(time.perf_counter() - t0, 1e-9))
+            test = score_test_split(coord, parts, stop)
+            code = ExitCode.OK if test is not None else ExitCode.RESUMABLE
         return TrainResult(code, run_dir, test, parts.model)
+
+
+def score_test_split(coord: Coordinator, parts: Parts, stop: StopRequest) -> dict | None:
+    """Score the test split once training has finished and log it; None, logging nothing, if
+    a stop was requested before or during it (last.h5 holds the finished state, so a resume
+    does just this). Collective: all ranks must call."""
+    comm, cfg = coord.comm, coord.cfg
+    if stop.anywhere(comm):
+        return None
+    t0 = time.perf_counter()
+    test = evaluate(parts.model, parts.splits.test, comm, parts.normalization, cfg.train.loss)
+    if stop.anywhere(comm):
+        return None
+    coord.metrics.write(epoch=coord.state.epoch, step=coord.state.step, split="test",
+                        loss=test["loss"], accuracy=test["accuracy"], n=test["n"],
+                        lr=coord.lr(), images_per_s=test["n"] / max(time.perf_counter() - t0,
+                                                                    1e-9))
+    return test

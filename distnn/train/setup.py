@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distnn.config import Config, ConfigError, schedule_spec
+from distnn.config import Config, ConfigError, model_errors, schedule_spec
 from distnn.data import Dataset, get_dataset
 from distnn.nn import Sequential
 from distnn.optim import LinearWarmup, Schedule, UpdateRule, make_optimizer, make_schedule
@@ -58,9 +58,18 @@ def load_splits(cfg: Config) -> Splits:
     return Splits(Subset(train, kept, "train"), Subset(train, held, "val"), test)
 
 
-def build_model(cfg: Config, image_shape: tuple[int, ...]) -> Sequential:
-    return Sequential(list(cfg.model), tuple(image_shape), seed=cfg.seed, dtype=np.float32,
-                      extra_grad_slots=EXTRA_SLOTS)
+def build_model(cfg: Config, image_shape: tuple[int, ...], num_classes: int) -> Sequential:
+    """The configured model on images of `image_shape`, one score per class; a spec that does
+    not fit them is a ConfigError naming the `model:` layer."""
+    with model_errors(f" (on images of shape {tuple(image_shape)})"):
+        model = Sequential(list(cfg.model), tuple(image_shape), seed=cfg.seed, dtype=np.float32,
+                           extra_grad_slots=EXTRA_SLOTS)
+    if model.output_shape != (num_classes,):
+        raise ConfigError(f"model: the last layer outputs {model.output_shape} per image, "
+                          f"expected ({num_classes},): one score for each of the dataset's "
+                          f"{num_classes} classes (end with flatten and dense units: "
+                          f"{num_classes})")
+    return model
 
 
 def build_optimizer(cfg: Config, model: Sequential) -> UpdateRule:

@@ -1,4 +1,5 @@
-"""Coordinator state that must survive a restart: early stopping, best-k ranking, epoch sums.
+"""Coordinator state that must survive a restart: early stopping, best-k ranking, epoch sums,
+rollbacks.
 
 Kept as plain numbers so it serialises to JSON inside a checkpoint.
 """
@@ -60,6 +61,10 @@ class RunState:
     early: EarlyStopping = field(default_factory=EarlyStopping)
     best_k: list = field(default_factory=list)  # [[metric, epoch], ...] best first
     schedule: dict = field(default_factory=dict)
+    # train.on_divergence: rollback. The learning rate is the schedule's times lr_scale, which
+    # every rollback multiplies by train.rollback_lr_factor; both survive a resume.
+    lr_scale: float = 1.0
+    rollbacks: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)

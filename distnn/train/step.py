@@ -1,6 +1,7 @@
 """One data-parallel optimizer step of one replica: local forward/backward, one fused allreduce,
-the unchanged update rule. Gradient averaging sits between backward and the update, as in
-Horovod's DistributedOptimizer: the update rules never see the world size.
+optional clipping of the global gradient norm, the unchanged update rule. Gradient averaging sits
+between backward and the update, as in Horovod's DistributedOptimizer: the update rules never see
+the world size.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from distnn.nn.jit import njit
 from distnn.train.errors import ReplicaMismatch
 
 # Scalars reduced in the same allreduce as the gradients (trailing slots of model.grad_buffer).
@@ -25,13 +27,35 @@ class StepResult:
     stop: bool  # some rank asked to stop (signal) before this step
 
 
+@njit
+def sum_of_squares(x: np.ndarray) -> float:
+    """Sum of x*x in float64, one element after the other: the same bits on every CPU (no BLAS,
+    no SIMD reordering), so every rank derives the same clipping factor."""
+    acc = 0.0
+    for i in range(x.size):
+        v = np.float64(x[i])
+        acc += v * v
+    return acc
+
+
+def clip_grad_norm_(grads: np.ndarray, max_norm: float) -> float:
+    """Scale `grads` in place so that its L2 norm is at most `max_norm`; returns the norm
+    before clipping."""
+    norm = float(np.sqrt(sum_of_squares(grads)))
+    if norm > max_norm:
+        grads *= grads.dtype.type(max_norm / norm)
+    return norm
+
+
 class DataParallelStep:
-    """Replica step. The model must be built with `extra_grad_slots=EXTRA_SLOTS`."""
+    """Replica step. The model must be built with `extra_grad_slots=EXTRA_SLOTS`.
+    `clip_grad_norm` > 0 clips the global (reduced) gradient to that norm before the update."""
 
     def __init__(self, model, optimizer, comm, loss: str = "softmax", l2: float = 0.0,
-                 grad_accum: int = 1):
+                 grad_accum: int = 1, clip_grad_norm: float = 0.0):
         self.model, self.optimizer, self.comm = model, optimizer, comm
         self.loss, self.l2, self.grad_accum = loss, l2, grad_accum
+        self.clip_grad_norm = clip_grad_norm
         self.acc = np.zeros_like(model.grads) if grad_accum > 1 else None
         self.extra = model.grad_buffer[model.grads.size:]
 
@@ -58,16 +82,27 @@ class DataParallelStep:
             model.grads[...] = self.acc
         return loss_sum, correct
 
-    def __call__(self, x, y, global_count: int, lr: float, stop_requested: bool) -> StepResult:
-        """Collective: all ranks must call, with their local shard of the same global batch."""
+    def __call__(self, x, y, global_count: int, lr: float, stop_requested: bool,
+                 apply: bool = True) -> StepResult:
+        """Collective: all ranks must call, with their local shard of the same global batch.
+        apply=False: stop after the allreduce, leaving the parameters untouched; the caller
+        checks the result and then calls `apply_update(lr)` (or drops the step)."""
         loss_sum, correct = self._local_gradients(x, y, global_count)
         self.extra[:] = (loss_sum, correct, len(y), 1.0 if stop_requested else 0.0)
         self.comm.allreduce_(self.model.grad_buffer)
         result = StepResult(float(self.extra[LOSS]), int(round(float(self.extra[CORRECT]))),
                             int(round(float(self.extra[COUNT]))), bool(self.extra[STOP] > 0))
-        if np.isfinite(result.loss):
-            self.optimizer.step(self.model.params, self.model.grads, lr)
+        if apply and np.isfinite(result.loss):
+            self.apply_update(lr)
         return result
+
+    def apply_update(self, lr: float) -> None:
+        """Clip (if configured) and apply the reduced gradient. Every rank holds the same
+        reduced buffer (the metric slots excluded: model.grads stops before them), so every
+        rank clips by the same factor."""
+        if self.clip_grad_norm > 0:
+            clip_grad_norm_(self.model.grads, self.clip_grad_norm)
+        self.optimizer.step(self.model.params, self.model.grads, lr)
 
 
 def parameter_checksum(params: np.ndarray) -> int:

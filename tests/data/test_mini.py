@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from distnn.data import get_dataset
 from distnn.data.catalog import MINI_DIR, MINI_MNIST
@@ -48,7 +47,6 @@ def test_regenerating_reproduces_the_bundled_bytes(tmp_path, mnist_train, mnist_
         assert lookup[mini.read(np.array([i]))[0].tobytes()] == mini.labels[i]
 
 
-@pytest.mark.slow
 def test_quickstart_reaches_95_percent_in_under_a_cpu_minute(tmp_path):
     """The quickstart on mini_mnist (4.4 s wall on an idle 2-core machine). CPU time is the
     bound, not wall time: this machine is shared, and wall time depends on the neighbours."""

@@ -116,7 +116,12 @@ def test_best_k_and_mid_epoch_validation(tmp_path):
     # Validation accuracy improves in at least two of the three epochs (fixed seed), so the
     # ranking has rotated: the previous best moved to best-2.h5.
     names = sorted(p.name for p in (rd / "checkpoints").iterdir())
-    assert names == ["best-2.h5", "best.h5", "last.h5"]
+    # checkpoint.keep_last (default 2): the step files of the last two epoch ends, and last.h5
+    # a link to the newest.
+    steps = -(-(len(get_dataset("mini_mnist", "train")) - 500) // 32)
+    assert names == ["best-2.h5", "best.h5", "last.h5", f"step-{2 * steps:06d}.h5",
+                     f"step-{3 * steps:06d}.h5"]
+    assert (rd / "checkpoints/last.h5").samefile(rd / f"checkpoints/step-{3 * steps:06d}.h5")
     best, second = params(rd / "checkpoints/best.h5"), params(rd / "checkpoints/best-2.h5")
     assert not all(np.array_equal(best[k], second[k]) for k in best)
     vals = [m for m in metrics(rd) if m["split"] == "val"]
