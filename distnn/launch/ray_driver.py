@@ -107,10 +107,8 @@ def _launch(args: argparse.Namespace, cfg: Config, workers: int, max_failures: i
                     log(f"{ended}; no restart left (--max-failures {max_failures}): giving up")
                     return ExitCode.FAILED
                 failures += 1
-                last = run_dir / "checkpoints" / "last.h5"
                 log(f"{ended}; restarting the worker group ({failures} of --max-failures "
-                    f"{max_failures}), resuming from "
-                    f"{last if last.exists() else 'the start (no checkpoint yet)'}")
+                    f"{max_failures}), resuming from {_resume_point(run_dir)}")
                 resume = "auto"
     finally:
         remove_placement_group(pg)
@@ -224,6 +222,16 @@ class _Group:
         except Exception as exc:  # best effort: report, do not mask the outcome
             log(f"warning: could not remove the group's shared memory: {exc}")
         ray.kill(self.rendezvous, no_restart=True)
+
+
+def _resume_point(run_dir: Path) -> str:
+    """What `--resume auto` will start from, for the restart log line."""
+    folder = run_dir / "checkpoints"
+    if (folder / "last.h5").exists():
+        return f"{folder / 'last.h5'} (or the newest step file that verifies)"
+    if any(folder.glob("step-*.h5")):
+        return f"the newest step file in {folder} that verifies"
+    return "the start (no checkpoint yet)"
 
 
 def _death_reason(exc: Exception) -> str:
