@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from distnn.data.commands import register_data_commands
-from distnn.launch.commands import register_train_commands
+from distnn.train import signals
+
+# `distnn train` takes stop requests from its first moment: numpy, numba and h5py take most of
+# a second to import below, and a SIGTERM then must still end the run resumably (exit 75).
+if sys.argv[1:2] == ["train"]:
+    signals.hold_for_process()
+
+import argparse  # noqa: E402 - after the handlers, on purpose
+
+from distnn.data.commands import register_data_commands  # noqa: E402
+from distnn.launch.commands import register_train_commands  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ a one-line ConfigError naming the file (or the --set value), the line and column
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,19 @@ class BoundedLoader(yaml.SafeLoader):
         node = super().compose_document()
         _expanded_size(node, {})
         return node
+
+    def construct_mapping(self, node, deep=False):
+        """A key given twice in one mapping is an error (YAML keeps the last one silently)."""
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key in seen:
+                    raise ConfigError(f"line {key_node.start_mark.line + 1}, column "
+                                      f"{key_node.start_mark.column + 1}: key {key!r} is given "
+                                      f"twice in one mapping; expected each key once")
+                seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int | None]) -> int:
@@ -205,5 +219,15 @@ def check_world_size(cfg: Config, world_size: int) -> None:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    with open(path, "w") as fh:
-        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+    """Write `cfg` as YAML to `path` atomically (a temp file beside it, then renamed over it):
+    a failure (disk full) leaves the old file, never a truncated one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as fh:
+            yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

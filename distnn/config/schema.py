@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -122,6 +123,7 @@ class Config:
     comm: CommConfig = field(default_factory=CommConfig)
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 CHOICES = {
     "train.loss": ("softmax", "svm"),
     "train.on_divergence": ("stop", "rollback"),
@@ -173,6 +175,9 @@ def _check_value(key: str, value, hint):
     elif hint in (str, str | None) and not (
             isinstance(value, str) or (value is None and hint is not str)):
         raise ConfigError(f"{key}: {value!r} is not a string")
+    if key == "name" and not NAME.fullmatch(value):
+        raise ConfigError(f"name: {value!r} is not a run name; expected letters, digits, '.', "
+                          f"'_' or '-', starting with a letter or digit (it names runs/<name>-*)")
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(CHOICES[key])}")
     if key in POSITIVE and not value > 0:

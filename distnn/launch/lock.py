@@ -26,15 +26,16 @@ LOCK_NAME = "distnn.lock"
 class RunDirLock:
     """Held from `claim` until `release` (or the process's end)."""
 
-    def __init__(self, path: Path, fd: int, created: bool):
-        self.path, self._fd, self.created = path, fd, created
+    def __init__(self, path: Path, fd: int, created: list[Path]):
+        self.path, self._fd = path, fd
+        self.created = created  # the folders claim made, innermost first
 
     @classmethod
     def claim(cls, run_dir: Path) -> RunDirLock:
         """Lock `run_dir` (created if missing) for this process, or raise ConfigError naming
         the run that holds it, or why the directory cannot be written."""
         path = Path(run_dir) / LOCK_NAME
-        created = not path.parent.exists()
+        created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -69,7 +70,8 @@ class RunDirLock:
         if unused:
             with contextlib.suppress(OSError):
                 self.path.unlink()
-                self.path.parent.rmdir()
+                for folder in self.created:  # rmdir: only while empty
+                    folder.rmdir()
         os.close(self._fd)  # closing the descriptor drops the lock
         self._fd = -1
 

@@ -32,9 +32,8 @@ def choose_run_dir(run_dir: str | None, resume: str | None, name: str) -> Path:
     return found or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _decide(run_dir: str | None, resume: str | None, name: str) -> str | tuple[str, str | None]:
+def _decide(chosen: Path, resume: str | None) -> str | tuple[str, str | None]:
     """(run directory, checkpoint to resume or None), or the message refusing the request."""
-    chosen = choose_run_dir(run_dir, resume, name)
     folder = chosen / "checkpoints"
     if resume == "auto":
         start, skipped = find_resumable(folder)
@@ -63,12 +62,15 @@ def resolve_run(run_dir: str | None, resume: str | None, cfg: Config, comm: Comm
     decision: str | tuple[str, str | None] | None = None
     held = None
     if comm.rank == 0:
-        decision = _decide(run_dir, resume, cfg.name)
-        if lock and not isinstance(decision, str):
-            try:
-                held = RunDirLock.claim(Path(decision[0]))
-            except ConfigError as exc:
-                decision = str(exc)
+        chosen = choose_run_dir(run_dir, resume, cfg.name)
+        try:  # the lock first: a live run is named as such, and nothing is read under it
+            held = RunDirLock.claim(chosen) if lock else None
+            decision = _decide(chosen, resume)
+        except ConfigError as exc:
+            decision = str(exc)
+        if isinstance(decision, str) and held is not None:
+            held.release()
+            held = None
     decision = comm.bcast_obj(decision)
     if isinstance(decision, str):
         raise ConfigError(decision)

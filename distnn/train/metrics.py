@@ -22,12 +22,23 @@ class MetricsLog:
 
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = Path(path), enabled
+        self.failed = False
 
     def write(self, **record) -> None:
-        if self.enabled:
+        """Append one line. A failed write (disk full) is one warning, once: the run goes on
+        (metrics are rank 0's alone; ending the job is for the checkpoint writes, exit 74)."""
+        if not self.enabled:
+            return
+        try:
             with open(self.path, "a") as fh:
                 fh.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
-            print(summary_line(record), flush=True)
+        except OSError as exc:
+            if not self.failed:
+                print(f"distnn train: warning: could not write {self.path}: "
+                      f"{exc.strerror or exc}; its later lines are lost", file=sys.stderr,
+                      flush=True)
+            self.failed = True
+        print(summary_line(record), flush=True)
 
 
 def progress(total: int, initial: int, epoch: int, enabled: bool):

@@ -114,7 +114,11 @@ def find_resumable(folder: Path) -> tuple[Path | None, list[str]]:
         skipped.append("last.h5 (missing)")
     failed: set[tuple[int, int]] = set()
     for path in candidates:
-        st = path.stat()
+        try:
+            st = path.stat()
+        except OSError as exc:  # e.g. a dangling link: skipped like a corrupt file
+            skipped.append(f"{path.name} ({exc.strerror or exc})")
+            continue
         if (st.st_dev, st.st_ino) in failed:  # last.h5 is a link to it: the same bytes
             continue
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from distnn.nn import threads as nn_threads
 from distnn.optim import UpdateRule
 from distnn.train import checkpoint as ckpt
 from distnn.train import signals
-from distnn.train.errors import CheckpointError
+from distnn.train.errors import CheckpointError, CheckpointWriteError
 from distnn.train.evaluate import evaluate
 from distnn.train.loop import Coordinator
 from distnn.train.metrics import MetricsLog
@@ -127,6 +128,37 @@ def build_parts(cfg: Config, comm, resume_snap) -> Parts:
     return Parts(splits, model, build_optimizer(cfg, model), build_schedule(cfg), norm, sampler)
 
 
+def load_best(resume: Path | None, cfg: Config, comm: Communicator) -> ckpt.Snapshot | None:
+    """best.h5 beside the resumed checkpoint, if there is one that verifies; a corrupt one is
+    skipped with a warning (training resumes, only the restore of the best weights at the end
+    is lost). Collective: all ranks must call."""
+    if resume is None:
+        return None
+    path = Path(resume).parent / "best.h5"
+    # Only rank 0's view of the file system counts: load_on_root broadcasts it.
+    try:
+        return load_on_root(path if path.exists() else None, list(cfg.model), comm)
+    except CheckpointError as exc:
+        if comm.rank == 0:
+            print(f"distnn train: warning: {exc}; resuming without it (the best weights so far "
+                  f"are not restored at the end)", file=sys.stderr, flush=True)
+        return None
+
+
+def save_config_on_root(cfg: Config, run_dir: Path, comm: Communicator) -> None:
+    """Rank 0 writes <run_dir>/config.yaml; a failure (disk full) ends every rank alike with
+    CheckpointWriteError (exit 74). Collective: all ranks must call."""
+    error = None
+    if comm.rank == 0:
+        try:
+            save_config(cfg, run_dir / "config.yaml")
+        except OSError as exc:
+            error = f"could not write {run_dir / 'config.yaml'}: {exc.strerror or exc}"
+    error = comm.bcast_obj(error)
+    if error:
+        raise CheckpointWriteError(error)
+
+
 def train(cfg: Config, comm: Communicator, run_dir: Path,
           resume: Path | None = None) -> TrainResult:
     """Train per `cfg` on this worker. A stop request (SIGTERM/SIGUSR1, see train/signals.py)
@@ -137,19 +169,16 @@ def train(cfg: Config, comm: Communicator, run_dir: Path,
     # The conv layers run on `threads` threads of their own, BLAS on one (distnn/nn/threads.py).
     with threadpool_limits(threads), nn_threads.limit(threads), signals.catching() as stop:
         snap = load_on_root(resume, list(cfg.model), comm)
-        best = None
-        if snap is not None and resume is not None:
-            best_path = Path(resume).parent / "best.h5"
-            # Only rank 0's view of the file system counts: load_on_root broadcasts it.
-            best = load_on_root(best_path if best_path.exists() else None, list(cfg.model), comm)
+        best = load_best(resume, cfg, comm) if snap is not None else None
         parts = build_parts(cfg, comm, snap)
         if comm.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
         metrics = MetricsLog(run_dir / "metrics.jsonl", comm.rank == 0)
         coord = Coordinator(cfg, comm, parts, run_dir, metrics)
         if snap is not None:
             coord.restore(snap, best, resume)
+        # Only once the checkpoint has been found to fit: a refused resume changes nothing.
+        save_config_on_root(cfg, run_dir, comm)
         code = coord.run(stop)
         test = None
         if code == ExitCode.OK:

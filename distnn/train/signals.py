@@ -14,8 +14,10 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from distnn.comm import Communicator
+if TYPE_CHECKING:  # light on purpose: the CLI imports this before numpy (distnn/cli.py)
+    from distnn.comm import Communicator
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
