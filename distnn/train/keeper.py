@@ -16,11 +16,28 @@ from pathlib import Path
 
 import yaml
 
+from distnn.comm import Communicator
 from distnn.config import Config, to_dict
 from distnn.train import checkpoint as ckpt
 from distnn.train import retention
 from distnn.train.errors import CheckpointWriteError
 from distnn.train.state import RunState
+
+
+def write_on_root(comm: Communicator, action: Callable[[], None], what: str,
+                  then: Callable[[], str] | None = None) -> None:
+    """Rank 0 does the file work `action`; if it fails (ENOSPC, EIO, an error part-way), every
+    rank raises the same CheckpointWriteError (exit 74): "<what>: <the error>[; <then()>]".
+    Collective: all ranks must call."""
+    error = None
+    if comm.rank == 0:
+        try:
+            action()
+        except Exception as exc:
+            error = f"{what}: {exc}" + (f"; {then()}" if then else "")
+    error = comm.bcast_obj(error)
+    if error:
+        raise CheckpointWriteError(error)
 
 
 class CheckpointKeeper:
@@ -113,6 +130,12 @@ class CheckpointKeeper:
         need = self.comm.rank == 0 or (kind == "last" and self.keep_good)
         self.write(self.snapshot(state) if need else None, kind, state.step)
 
+    def ensure_last(self, state: RunState) -> None:
+        """last.h5 holds `state` (already scored): written unless the newest written
+        checkpoint is of this very step. Collective: all ranks must call."""
+        if self.last_written is None or self.last_written[1] != state.step:
+            self.write_now(state, "last")
+
     def write(self, snap: ckpt.Snapshot | None, kind: str, step: int) -> None:
         """Rank 0 writes checkpoints/step-<n>.h5 + last.h5 ('last') or best.h5 ('best') of
         `step`; a failure raises CheckpointWriteError on every rank, the previous checkpoint
@@ -127,17 +150,9 @@ class CheckpointKeeper:
                 self.good = snap
 
     def _on_root(self, action: Callable[[], None], what: str) -> None:
-        """Rank 0 does the file work `action`; if it fails (ENOSPC, EIO, an error part-way),
-        every rank raises the same CheckpointWriteError. Collective: all ranks must call."""
-        error = None
-        if self.comm.rank == 0:
-            try:
-                action()
-            except Exception as exc:
-                error = f"{what}: {exc}; {self.describe_last() or 'no earlier checkpoint exists'}"
-        error = self.comm.bcast_obj(error)
-        if error:
-            raise CheckpointWriteError(error)
+        """write_on_root, naming the newest good checkpoint (still intact) in the error."""
+        write_on_root(self.comm, action, what,
+                      lambda: self.describe_last() or "no earlier checkpoint exists")
 
     def _write_files(self, snap: ckpt.Snapshot | None, kind: str) -> None:
         assert snap is not None

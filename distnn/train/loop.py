@@ -158,9 +158,7 @@ class Coordinator:
         has scored, is checkpointed (resuming redoes the step). Collective: all ranks must call.
         """
         self.model.state[...] = self._state_before
-        written = self.keeper.last_written
-        if written is None or written[1] != self.state.step:
-            self.keeper.write_now(self.state, "last")
+        self.keeper.ensure_last(self.state)
         return ExitCode.RESUMABLE
 
     def record_ratio(self, before: np.ndarray) -> None:
@@ -267,8 +265,7 @@ class Coordinator:
             # last.h5 holds the finished state (scored by the last validation), so a stop
             # request from here on (the test evaluation) resumes into exactly what is left.
             self.keeper.drop_pending()
-            if self.keeper.last_written is None or self.keeper.last_written[1] != self.state.step:
-                self.keeper.write_now(self.state, "last")
+            self.keeper.ensure_last(self.state)
         if self.cfg.early_stopping.enabled and self.best_params is not None:
             # Restore the best weights whether or not patience ran out.
             self.model.params[...] = self.best_params[0]

@@ -19,8 +19,9 @@ from distnn.nn import threads as nn_threads
 from distnn.optim import UpdateRule
 from distnn.train import checkpoint as ckpt
 from distnn.train import signals
-from distnn.train.errors import CheckpointError, CheckpointWriteError
+from distnn.train.errors import CheckpointError
 from distnn.train.evaluate import evaluate
+from distnn.train.keeper import write_on_root
 from distnn.train.loop import Coordinator
 from distnn.train.metrics import MetricsLog
 from distnn.train.setup import (
@@ -148,15 +149,8 @@ def load_best(resume: Path | None, cfg: Config, comm: Communicator) -> ckpt.Snap
 def save_config_on_root(cfg: Config, run_dir: Path, comm: Communicator) -> None:
     """Rank 0 writes <run_dir>/config.yaml; a failure (disk full) ends every rank alike with
     CheckpointWriteError (exit 74). Collective: all ranks must call."""
-    error = None
-    if comm.rank == 0:
-        try:
-            save_config(cfg, run_dir / "config.yaml")
-        except OSError as exc:
-            error = f"could not write {run_dir / 'config.yaml'}: {exc.strerror or exc}"
-    error = comm.bcast_obj(error)
-    if error:
-        raise CheckpointWriteError(error)
+    path = run_dir / "config.yaml"
+    write_on_root(comm, lambda: save_config(cfg, path), f"could not write {path}")
 
 
 def train(cfg: Config, comm: Communicator, run_dir: Path,

@@ -9,7 +9,7 @@ import pytest
 
 from distnn.config import ConfigError
 from distnn.launch.lock import LOCK_NAME, RunDirLock
-from tests.train.runs import run, start, wait_for, write_config
+from tests.train.runs import run, running, wait_for, write_config
 
 HOLD = ("import sys; from pathlib import Path; from distnn.launch.lock import RunDirLock; "
         "RunDirLock.claim(Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()")
@@ -50,8 +50,7 @@ def test_second_run_in_a_busy_run_directory_exits_2_and_leaves_the_first_alone(t
     cfg = write_config(tmp_path / "c.yaml", train={"epochs": 200},
                        checkpoint={"every_epochs": 0})
     run_dir = tmp_path / "run"
-    first = start(["train", str(cfg), "--run-dir", str(run_dir)])
-    try:
+    with running(["train", str(cfg), "--run-dir", str(run_dir)]) as first:
         lock_file = run_dir / LOCK_NAME
         wait_for(lambda: lock_file.exists() and lock_file.read_text().strip(), 120,
                  "the first run to take the lock")
@@ -64,10 +63,6 @@ def test_second_run_in_a_busy_run_directory_exits_2_and_leaves_the_first_alone(t
         first.send_signal(signal.SIGTERM)
         out, err = first.communicate(timeout=120)
         assert first.returncode == 75, err
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
 
 
 def test_unwritable_run_directory_is_refused_before_the_data_loads(tmp_path):

@@ -10,7 +10,7 @@ from distnn.config.loading import parse_yaml
 from distnn.exit_codes import ExitCode
 from distnn.launch.worker import run_worker
 from distnn.train import run as run_module
-from tests.train.runs import run, start, wait_for, write_config
+from tests.train.runs import run, running, wait_for, write_config
 from tests.train.test_checkpoint_integrity import flip_exponents
 
 
@@ -64,15 +64,11 @@ def test_a_live_run_with_checkpoints_is_named_as_the_holder(tmp_path):
     cfg = write_config(tmp_path / "c.yaml", train={"epochs": 200},
                        checkpoint={"every_steps": 1})
     rd = tmp_path / "run"
-    first = start(["train", str(cfg), "--run-dir", str(rd)])
-    try:
+    with running(["train", str(cfg), "--run-dir", str(rd)]) as first:
         wait_for(lambda: (rd / "checkpoints" / "last.h5").exists(), 120, "a checkpoint")
         second = run(["train", str(cfg), "--run-dir", str(rd)])
         assert second.returncode == 2
         assert f"is in use by pid {first.pid}" in second.stderr, second.stderr
-    finally:
-        first.kill()
-        first.wait()
 
 
 def test_a_config_that_cannot_be_written_ends_with_74(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -76,6 +77,18 @@ def run(args: list[str], ranks: int | None = None, timeout: float = 300, cwd=Non
 def start(args: list[str], ranks: int | None = None, cwd=None) -> subprocess.Popen:
     return subprocess.Popen(command(args, ranks), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env(), cwd=cwd)
+
+
+@contextmanager
+def running(args: list[str], ranks: int | None = None, cwd=None):
+    """`start` for a `with` block: a run still alive when the block ends is killed."""
+    proc = start(args, ranks, cwd)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
