@@ -140,11 +140,28 @@ def from_dict(raw: dict) -> Config:
     with named("optimizer"):  # what the constructors check across keys (min_lr <= base_lr)
         optim.make_optimizer(cfg.optimizer.name, **cfg.optimizer.params)
     with named("schedule"):
-        optim.make_schedule(schedule_spec(cfg))
+        try:
+            optim.make_schedule(schedule_spec(cfg))
+        except ValueError as exc:
+            raise _scaled_context(exc, cfg) from None
     if cfg.model:  # all but the shapes, which need the data (checked when the model is built)
         with model_errors():
             nn.build_layers(cfg.model)
     return cfg
+
+
+def _scaled_context(exc: ValueError, cfg: Config) -> ValueError:
+    """Under schedule.scale_lr the schedule checks the scaled base_lr, a number the user never
+    wrote: say how it was obtained."""
+    s = cfg.schedule
+    if not s.scale_lr:
+        return exc
+    scaled = optim.scaled_lr(s.base_lr, cfg.train.global_batch, s.reference_batch)
+    note = (f" (schedule.scale_lr: base_lr {s.base_lr:g} x train.global_batch "
+            f"{cfg.train.global_batch} / reference_batch {s.reference_batch} = {scaled:g})")
+    if isinstance(exc, optim.BadValue):
+        return optim.BadValue(f"{exc}{note}", exc.key, exc.detail + note)
+    return ValueError(f"{exc}{note}")
 
 
 def to_dict(cfg: Config) -> dict:

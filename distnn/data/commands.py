@@ -44,13 +44,13 @@ def register_data_commands(subparsers) -> None:
     p.set_defaults(func=cmd_convert)
 
 
-def _specs(names, out=sys.stderr):
+def _specs(names):
     """The specs of `names`, or None after printing the unknown ones."""
     specs = [catalog.lookup(n) for n in names]
     unknown = [n for n, s in zip(names, specs, strict=True) if s is None]
     if unknown:
         print(f"distnn data: unknown dataset(s) {', '.join(unknown)}; expected "
-              f"{', '.join(catalog.SPECS)}", file=out)
+              f"{', '.join(catalog.SPECS)}", file=sys.stderr)
         return None
     return specs
 

@@ -24,20 +24,21 @@ def numerical_grad(f: Callable[[], float], x: np.ndarray, h: float = 1e-5,
                    max_checks: int | None = None, rng: np.random.Generator | None = None):
     """Centred differences (f(x+h) - f(x-h)) / 2h of scalar f() w.r.t. x, perturbing x in place.
 
-    Returns (indices, grads): all flat indices, or `max_checks` of them drawn from `rng`.
+    Returns (indices, grads): all flat (C-order) indices, or `max_checks` of them drawn from
+    `rng`. `x` may be any view (non-contiguous too): it is nudged where it lies.
     """
-    flat = x.reshape(-1)
-    idx = np.arange(flat.size)
-    if max_checks is not None and flat.size > max_checks:
-        idx = (rng or np.random.default_rng(0)).choice(flat.size, max_checks, replace=False)
+    idx = np.arange(x.size)
+    if max_checks is not None and x.size > max_checks:
+        idx = (rng or np.random.default_rng(0)).choice(x.size, max_checks, replace=False)
     grads = np.empty(idx.size)
     for k, i in enumerate(idx):
-        old = flat[i]
-        flat[i] = old + h
+        at = np.unravel_index(i, x.shape)
+        old = x[at]
+        x[at] = old + h
         fp = f()
-        flat[i] = old - h
+        x[at] = old - h
         fm = f()
-        flat[i] = old
+        x[at] = old
         grads[k] = (fp - fm) / (2 * h)
     return idx, grads
 

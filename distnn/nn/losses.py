@@ -20,18 +20,26 @@ def _check(scores: np.ndarray, y: np.ndarray, where: str) -> None:
         )
 
 
+def _non_finite(scores: np.ndarray) -> tuple[float, np.ndarray]:
+    return float("nan"), np.zeros_like(scores)
+
+
 def softmax_cross_entropy(scores: np.ndarray, y: np.ndarray,
                           denom: int | None = None) -> tuple[float, np.ndarray]:
     """scores: (N, K), y: (N,) ints -> (loss, dscores (N, K)).
 
-    Subtracting each row's maximum keeps exp() finite for any logits. `denom` divides the summed
-    loss (default N): a data-parallel worker passes the global batch size so that summing the
-    workers' gradients gives the global mean.
+    Subtracting each row's maximum, in float64, keeps exp() finite for any finite logits. A
+    non-finite logit gives a NaN loss and a zero gradient, without a warning (the training step
+    then skips the update). `denom` divides the summed loss (default N): a data-parallel worker
+    passes the global batch size so that summing the workers' gradients gives the global mean.
     """
     _check(scores, y, "softmax_cross_entropy")
     n = scores.shape[0]
     denom = n if denom is None else denom
-    shifted = scores - scores.max(axis=1, keepdims=True)
+    if not np.isfinite(scores).all():
+        return _non_finite(scores)
+    wide = scores.astype(np.float64, copy=False)  # float32 logits of +-3e38 differ by 6e38
+    shifted = wide - wide.max(axis=1, keepdims=True)
     log_z = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     log_p = shifted - log_z
     rows = np.arange(n)
@@ -44,12 +52,16 @@ def softmax_cross_entropy(scores: np.ndarray, y: np.ndarray,
 
 def svm_hinge(scores: np.ndarray, y: np.ndarray, delta: float = 1.0,
               denom: int | None = None) -> tuple[float, np.ndarray]:
-    """Multiclass SVM: sum over j != y of max(0, s_j - s_y + delta). Returns (loss, dscores)."""
+    """Multiclass SVM: sum over j != y of max(0, s_j - s_y + delta). Returns (loss, dscores).
+    Margins in float64; a non-finite score gives a NaN loss and a zero gradient."""
     _check(scores, y, "svm_hinge")
     n = scores.shape[0]
     denom = n if denom is None else denom
+    if not np.isfinite(scores).all():
+        return _non_finite(scores)
     rows = np.arange(n)
-    margins = scores - scores[rows, y][:, None] + delta
+    wide = scores.astype(np.float64, copy=False)  # margins of float32 logits can pass 3.4e38
+    margins = wide - wide[rows, y][:, None] + delta
     margins[rows, y] = 0
     pos = margins > 0
     loss = float(np.where(pos, margins, 0).sum()) / max(denom, 1)

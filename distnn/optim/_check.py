@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from numbers import Integral, Real
 from typing import Any
 
+import numpy as np
+
 
 class BadValue(ValueError):
     """str(): 'momentum: mu=1.5, expected a number in [0, 1)'. `key`: 'mu'; `detail`: the same
@@ -30,7 +32,10 @@ def _fail(where: str, key: str, value: Any, kind: str, bound: str, right_kind: b
 
 def number(where: str, key: str, value: Any, low: float | None = None,
            high: float | None = None, low_open: bool = False, high_open: bool = False) -> float:
-    """`value` as a float if it is a finite real (not a bool) inside the given bounds."""
+    """`value` as a float if it is a finite real (not a bool) inside the given bounds; a 0-d
+    NumPy array counts as the number it holds (show() prints it so)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
     bound = _describe(low, high, low_open, high_open)
     kind = "a number" if low is not None and high is not None else "a finite number"
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):

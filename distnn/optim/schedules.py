@@ -153,10 +153,11 @@ class LinearWarmup:
         self.start_factor: float = WARMUP[1].check(self.name, start_factor)
 
     def lr(self, step: int, epoch: float, metrics: Mapping[str, float] | None = None) -> float:
+        epoch = number(f"{self.name}.lr", "epoch", epoch, low=0.0)  # a BadValue, not a TypeError
         target = self.inner.lr(step, epoch, metrics)
         if epoch >= self.warmup:
             return target
-        frac = number(f"{self.name}.lr", "epoch", epoch, low=0.0) / self.warmup
+        frac = epoch / self.warmup
         return target * (self.start_factor + (1.0 - self.start_factor) * frac)
 
     # A user's inner schedule may be a bare object with lr() only: then it has no state.

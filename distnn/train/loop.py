@@ -55,10 +55,20 @@ class Coordinator:
 
     # -- schedule -------------------------------------------------------------------------------
     def lr(self) -> float:
+        """The rate of the step about to run."""
         s = self.state
-        frac = s.step_in_epoch / max(self.sampler.steps_per_epoch, 1)
+        return self.lr_at(s.step, s.step_in_epoch)
+
+    def lr_at(self, step: int, step_in_epoch: int) -> float:
+        s = self.state
+        frac = step_in_epoch / max(self.sampler.steps_per_epoch, 1)
         epoch = s.epoch + (frac if self.cfg.schedule.per == "step" else 0.0)
-        return float(self.schedule.lr(s.step, epoch)) * s.lr_scale
+        return float(self.schedule.lr(step, epoch)) * s.lr_scale
+
+    def epoch_lr(self) -> float:
+        """The rate of the epoch's last update (what its train and val lines report)."""
+        s = self.state
+        return self.lr_at(max(s.step - 1, 0), max(s.step_in_epoch - 1, 0))
 
     def global_count(self, step_in_epoch: int) -> int:
         """Samples in the global batch of this step (the last one of an epoch may be partial)."""
@@ -93,7 +103,7 @@ class Coordinator:
                 tick = now
                 bar.update(1)
                 if not bar.disable:
-                    bar.set_postfix(loss=f"{s.epoch_loss / max(s.step_in_epoch, 1):.4f}",
+                    bar.set_postfix(loss=f"{s.epoch_loss / max(s.epoch_count, 1):.4f}",
                                     acc=f"{s.epoch_correct / max(s.epoch_count, 1):.3f}",
                                     lr=f"{self.lr():.3g}",
                                     img_s=f"{s.epoch_count / max(s.epoch_seconds, 1e-9):.0f}")
@@ -128,7 +138,7 @@ class Coordinator:
         self.update(lr)
         s.step += 1
         s.step_in_epoch += 1
-        s.epoch_loss += res.loss
+        s.epoch_loss += res.loss * res.count  # a per-sample mean at the epoch's end
         s.epoch_correct += res.correct
         s.epoch_count += res.count
         if t.consistency_every and s.step % t.consistency_every == 0:
@@ -192,9 +202,9 @@ class Coordinator:
         Returns 1 (True): stop, 0 (False): go on, or ROLLED_BACK."""
         s, cfg = self.state, self.cfg
         self.sync_state()
-        lr = self.lr()
+        lr = self.epoch_lr()
         self.metrics.write(epoch=s.epoch, step=s.step, split="train",
-                           loss=s.epoch_loss / max(s.step_in_epoch, 1),
+                           loss=s.epoch_loss / max(s.epoch_count, 1),
                            accuracy=s.epoch_correct / max(s.epoch_count, 1), lr=lr,
                            images_per_s=s.epoch_count / max(s.epoch_seconds, 1e-9),
                            grad_norm=self.last_grad_norm, update_ratio=self.last_update_ratio)
@@ -215,9 +225,10 @@ class Coordinator:
         s.epoch_correct = s.epoch_count = 0
         if improved:
             self.keeper.write_now(s, "best")
-        every = cfg.checkpoint.every_epochs
-        if every and (finished_epoch + 1) % every == 0:
-            self.keeper.write_now(s, "last")
+        every, every_steps = cfg.checkpoint.every_epochs, cfg.checkpoint.every_steps
+        if (every and (finished_epoch + 1) % every == 0) \
+                or (every_steps and s.step % every_steps == 0):
+            self.keeper.write_now(s, "last")  # train_step leaves an epoch's last step to here
         return cfg.early_stopping.enabled and s.early.exhausted
 
     # -- checkpoints ----------------------------------------------------------------------------

@@ -54,7 +54,7 @@ class RunState:
     step_in_epoch: int = 0
     initial_loss: float | None = None
     # Running sums over the current epoch's steps, so a mid-epoch resume logs the same line.
-    epoch_loss: float = 0.0
+    epoch_loss: float = 0.0  # the sum of the per-sample losses (loss x samples per step)
     epoch_correct: int = 0
     epoch_count: int = 0
     epoch_seconds: float = 0.0

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,11 @@ def mpiexec() -> str:
 
 
 def run_module(ranks: int, module: str, *args: str, timeout: float = 60):
-    """`mpiexec -n ranks python -m module args` from the repo root; returns (proc, seconds)."""
+    """`mpiexec -n ranks python -m module args` from the repo root; returns the completed
+    process. `timeout` is a hang guard (subprocess.TimeoutExpired fails the test)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI", "OMPI", "PMIX"))}
     env["PYTHONUNBUFFERED"] = "1"
     # One BLAS thread per rank: these tests oversubscribe 2 cores with 3 ranks.
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    t0 = time.monotonic()
-    proc = subprocess.run([mpiexec(), "-n", str(ranks), sys.executable, "-m", module, *args],
+    return subprocess.run([mpiexec(), "-n", str(ranks), sys.executable, "-m", module, *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    return proc, time.monotonic() - t0

@@ -5,7 +5,7 @@ the Ray-specific guarantees: identical results on every rank, timeout and abort 
 from __future__ import annotations
 
 import os
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -147,34 +147,20 @@ def test_mixed_back_to_back_collectives(pair):
     assert all(all(r) for r in results)
 
 
-def _time_allreduce(comm, n, reps):
-    buf = np.ones(n, dtype=np.float32)
-    for _ in range(3):
-        comm.allreduce_(buf)
-    times = []
-    for _ in range(reps):
-        comm.barrier()
-        t0 = time.perf_counter()
-        comm.allreduce_(buf)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def test_allreduce_timing_is_reported(pair):
-    secs = ray.get([r.call.remote(_time_allreduce, 1_000_000, 10) for r in pair])
-    print(f"ray allreduce 1M float32 x 2 actors: median {max(secs) * 1e3:.2f} ms")
-    assert max(secs) < 5.0
-
-
 def test_registered_backend():
     assert "ray" in BACKENDS
     with pytest.raises(TypeError):
         create_communicator("ray")  # needs rank, size and group: built by the Ray launcher
 
 
+def _stall_forever() -> None:
+    """Block this thread for good: only an abort or a kill from outside ends the actor."""
+    threading.Event().wait()
+
+
 def _stall_rank0(comm, what):
     if comm.rank == 0:
-        time.sleep(30)
+        _stall_forever()  # never reaches the collective: only rank 1's timeout abort ends it
     if what == "allreduce_":
         comm.allreduce_(np.ones(1_234_567, dtype=np.float32))
     elif what == "barrier":
@@ -186,15 +172,15 @@ def _stall_rank0(comm, what):
 
 @pytest.mark.parametrize("what", ["allreduce_", "barrier", "bcast_obj"])
 def test_timeout_aborts_the_whole_group(cluster, pair, what):
-    # The pair holds both CPUs: this group's actors take none.
+    # The pair holds both CPUs: this group's actors take none. Rank 0 stalls forever, so both
+    # calls can end only through rank 1's 2 s timeout abort; ray.get's timeout is a hang guard
+    # (GetTimeoutError, not RayActorError, fails the test).
     rendezvous, ranks = group(2, timeout=2, cpus=0)
     try:
-        t0 = time.monotonic()
         refs = [r.call.remote(_stall_rank0, what) for r in ranks]
         for ref in refs:
             with pytest.raises(ray.exceptions.RayActorError):
-                ray.get(ref, timeout=20)
-        assert time.monotonic() - t0 < 15  # rank 0 was killed long before its sleep ended
+                ray.get(ref, timeout=120)
         rank, message, code = ray.get(rendezvous.abort_info.remote())
         assert rank == 1 and code == 1
         assert "did not complete within 2 s on rank 1: a peer rank is dead or stuck" in message
@@ -210,14 +196,14 @@ def _abort_on_1(comm):
 
 
 def test_abort_ends_every_rank_with_its_code(cluster, pair):
+    # No timeout: rank 0 waits in the barrier forever unless rank 1's abort ends it; ray.get's
+    # timeout is a hang guard.
     rendezvous, ranks = group(2, cpus=0)
     try:
-        t0 = time.monotonic()
         refs = [r.call.remote(_abort_on_1) for r in ranks]
         for ref in refs:
             with pytest.raises(ray.exceptions.RayActorError):
-                ray.get(ref, timeout=20)
-        assert time.monotonic() - t0 < 15
+                ray.get(ref, timeout=120)
         assert ray.get(rendezvous.abort_info.remote()) == (1, "stopping on purpose", 3)
     finally:
         ended(ranks, rendezvous)

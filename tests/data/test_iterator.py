@@ -37,10 +37,14 @@ def prefetch_threads():
 
 
 def wait_no_threads(timeout=2.0):
+    """A retry with a stated bound: poll until no prefetch thread is left, for up to `timeout`
+    seconds (a dropped iterator's thread ends on its own, shortly after the drop)."""
     end = time.monotonic() + timeout
     while prefetch_threads() and time.monotonic() < end:
         time.sleep(0.01)
-    return not prefetch_threads()
+    left = prefetch_threads()
+    assert not left, f"{len(left)} prefetch thread(s) still alive after waiting {timeout} s"
+    return True
 
 
 def test_prefetch_yields_exactly_the_synchronous_batches():

@@ -14,8 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from distnn.train.checkpoint import load_checkpoint
 from tests.distributed.slurm_cluster import Cluster, ensure_installed
-from tests.train.runs import BIN, metrics, mpiexec, params, run, wait_for, write_config
+from tests.train.runs import (
+    BIN,
+    metrics,
+    mpiexec,
+    params,
+    run,
+    steps_per_epoch,
+    wait_for,
+    write_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 MPI_SCRIPT = REPO / "slurm" / "train_mpi.sbatch"
@@ -49,24 +59,42 @@ def output(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else "(no output file)"
 
 
+# Epochs that no run gets through in any realistic time (469 steps each): a job on such a config
+# ends only when it is stopped.
+ENDLESS = 1_000_000
+PARTITION = "debug"  # the one partition of slurm_cluster.py's cluster
+
+
 def test_mpi_job_preempted_requeues_resumes_and_equals_uninterrupted(cluster, tmp_path):
     mpiexec()
-    cfg = write_config(tmp_path / "c.yaml", train={"epochs": 4, "global_batch": 16})
-
-    straight = tmp_path / "straight"
-    out = run(["train", str(cfg), "--run-dir", str(straight)], ranks=2, timeout=120)
-    assert out.returncode == 0, out.stderr
-
+    cfg = write_config(tmp_path / "c.yaml", train={"epochs": ENDLESS, "global_batch": 16})
     rd, log = tmp_path / "slurm_run", tmp_path / "job.out"
     job = cluster.sbatch("-n", "2", "-o", str(log), "--chdir", str(tmp_path), str(MPI_SCRIPT),
                          env=job_env(CONFIG=str(cfg), RUN_DIR=str(rd)))
-    wait_for(lambda: (rd / "metrics.jsonl").exists(), 120, f"the first epoch of job {job}")
+    wait_for(lambda: (rd / "metrics.jsonl").exists(), 600, f"the first epoch of job {job}")
+    # Not a race: the job cannot finish on its own, only the signal below ends its first run.
     assert cluster.job(job)["JobState"] == "RUNNING", output(log)
-    # The preemption signal, to the batch shell only: the script forwards it to the ranks.
-    cluster.cmd("scancel", "--signal=USR1", "--batch", str(job))
+    # The requeued job must wait until its config is rewritten: a DOWN partition lets the
+    # running job run on but starts nothing.
+    cluster.cmd("scontrol", "update", f"PartitionName={PARTITION}", "State=DOWN")
+    try:
+        # The preemption signal, to the batch shell only: the script forwards it to the ranks.
+        cluster.cmd("scancel", "--signal=USR1", "--batch", str(job))
+        info = cluster.wait_job(job, ("PENDING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
+                                      "NODE_FAIL"), timeout=600)
+        assert info["JobState"] == "PENDING" and info["Restarts"] == "1", (info, output(log))
+        # Wherever the signal landed (after epoch 0: the metrics were there), the requeued job
+        # resumes from there and trains one epoch's worth of steps more (max_steps counts from
+        # step 0, resumed or not).
+        stopped = load_checkpoint(rd / "checkpoints/last.h5").step
+        assert stopped >= steps_per_epoch(16), stopped
+        end = stopped + steps_per_epoch(16)
+        write_config(cfg, train={"epochs": ENDLESS, "global_batch": 16, "max_steps": end})
+    finally:
+        cluster.cmd("scontrol", "update", f"PartitionName={PARTITION}", "State=UP")
 
     info = cluster.wait_job(job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"),
-                            timeout=120)
+                            timeout=900)
     text = output(log)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, text)
     assert info["Restarts"] == "1", (info, text)
@@ -74,9 +102,14 @@ def test_mpi_job_preempted_requeues_resumes_and_equals_uninterrupted(cluster, tm
     assert "stopped after a checkpoint (exit 75): requeueing" in text, text
     assert f"[job {job} restart 1 " in text and "resuming" in text, text  # SLURM_RESTART_COUNT
     assert "training finished" in text, text
-
     m = metrics(rd)
     assert m[-1]["split"] == "test" and m[-1]["n"] == 2000
+    assert load_checkpoint(rd / "checkpoints/last.h5").step == end
+
+    # The uninterrupted run of the same length: the same config, never stopped.
+    straight = tmp_path / "straight"
+    out = run(["train", str(cfg), "--run-dir", str(straight)], ranks=2, timeout=900)
+    assert out.returncode == 0, out.stderr
     a, b = params(straight / "checkpoints/last.h5"), params(rd / "checkpoints/last.h5")
     assert a.keys() == b.keys()
     for k in a:

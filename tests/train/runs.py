@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
+from distnn.data import get_dataset
+
 BIN = Path(sys.executable).parent
 
 TINY_MODEL = [
@@ -97,6 +99,52 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+def steps_per_epoch(global_batch: int, val_size: int = 500) -> int:
+    """Steps in an epoch of `write_config`'s mini MNIST: the training split less the validation
+    images, in global batches (the last, partial one kept)."""
+    return -(-(len(get_dataset("mini_mnist", "train")) - val_size) // global_batch)
+
+
+# A `distnn` command in whose process the rank RANK runs the Python statement FAULT on entering
+# the training step STEP (0-based) of epoch EPOCH, before that step reads the stop flag: a fixed
+# point of the run, whatever the timing. sys.argv is set first, so the CLI starts as
+# `distnn train ...` does (stop handlers held from its first import).
+STEP_FAULT = """
+import os, signal, sys
+EPOCH, STEP, RANK, FAULT = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+sys.argv = ["distnn", *sys.argv[5:]]
+from distnn.cli import main
+from distnn.train import loop
+
+train_step = loop.Coordinator.train_step
+
+
+def patched(coord, *a, **kw):
+    if coord.comm.rank == RANK and (coord.state.epoch, coord.state.step_in_epoch) == (EPOCH, STEP):
+        exec(FAULT)
+    return train_step(coord, *a, **kw)
+
+
+loop.Coordinator.train_step = patched
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_with_step_fault(tmp_path: Path, fault: str, epoch: int, step: int, args: list[str],
+                        ranks: int | None = None, rank: int = 0, timeout: float = 300):
+    """`distnn ARGS` (alone, or on `ranks` MPI ranks) where rank `rank` runs the Python
+    statement `fault` (os, signal and sys imported) on entering step `step` of epoch `epoch`.
+    E.g. "signal.raise_signal(signal.SIGUSR1)": the handler runs before raise_signal returns, so
+    that very step carries the stop request, is dropped, and last.h5 holds the state at
+    epoch * steps_per_epoch + step. The timeout is a hang guard."""
+    script = tmp_path / "step_fault.py"
+    script.write_text(STEP_FAULT)
+    cmd = [sys.executable, str(script), str(epoch), str(step), str(rank), fault, *args]
+    if ranks is not None:
+        cmd = [mpiexec(), "-n", str(ranks), *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env())
 
 
 def params(path: Path) -> dict[str, np.ndarray]:

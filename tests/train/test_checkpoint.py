@@ -3,13 +3,13 @@
 import multiprocessing as mp
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
 
 from distnn.train.checkpoint import Snapshot, check_compatible, load_checkpoint, save_checkpoint
 from distnn.train.errors import CheckpointError
+from distnn.train.retention import TEMP_FILE
 
 SPEC = [{"type": "flatten"}, {"type": "dense", "units": 3}]
 
@@ -63,21 +63,70 @@ def test_wrong_model_is_refused(tmp_path):
         check_compatible(snap, other, tmp_path / "last.h5")
 
 
-def _write_forever(path):
-    big = snapshot(step=99, size=2_000_000)  # ~24 MB: the kill lands mid-write
-    while True:
-        save_checkpoint(big, path)
+N_ARRAYS = 5  # snapshot(): dense1.W, dense1.b, optimizer velocity, normalization mean and std
+
+# Where the writer dies: on entering create_dataset for the k-th array (the file is built in
+# memory, so no temp file exists yet), half-way through writing the temp file, and with the temp
+# file complete and fsynced but not yet renamed over the checkpoint.
+KILL_POINTS = ("array-1", f"array-{N_ARRAYS // 2 + 1}", f"array-{N_ARRAYS}", "mid-file",
+               "before-rename")
 
 
-def test_kill_during_write_keeps_previous_checkpoint(tmp_path):
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _save_and_die_at(path, point):
+    """Child process: patch the writer to SIGKILL this process at `point`, then save step 99.
+    Exiting any other way (the save finishing) means the point was never reached."""
+    import h5py
+
+    import distnn.train.checkpoint as ck
+
+    create, write, commit = h5py.Group.create_dataset, ck.write_bytes, ck.commit
+    arrays = [0]
+
+    def create_dataset(self, *args, **kwargs):
+        arrays[0] += 1
+        if point == f"array-{arrays[0]}":
+            _die()
+        return create(self, *args, **kwargs)
+
+    def write_bytes(fd, data):
+        if point == "mid-file":
+            os.write(fd, data[: len(data) // 2])
+            os.fsync(fd)
+            _die()
+        return write(fd, data)
+
+    def commit_(tmp, dest):
+        if point == "before-rename":
+            _die()
+        return commit(tmp, dest)
+
+    h5py.Group.create_dataset, ck.write_bytes, ck.commit = create_dataset, write_bytes, commit_
+    ck.save_checkpoint(snapshot(step=99), path)
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_kill_during_write_keeps_previous_checkpoint(tmp_path, point):
     path = tmp_path / "last.h5"
     save_checkpoint(snapshot(step=1), path)
-    ctx = mp.get_context("spawn")
-    for delay in (0.3, 0.7, 1.1):
-        proc = ctx.Process(target=_write_forever, args=(path,))
-        proc.start()
-        time.sleep(delay)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.join()
-        snap = load_checkpoint(path)  # always a complete file: the old one or a finished new one
-        assert snap.step in (1, 99)
+    before = path.read_bytes()
+    proc = mp.get_context("spawn").Process(target=_save_and_die_at, args=(path, point))
+    proc.start()
+    proc.join(timeout=120)  # a hang guard only: the child dies at a fixed point of its write
+    assert proc.exitcode == -signal.SIGKILL, f"the writer was not killed at {point}"
+    assert path.read_bytes() == before and load_checkpoint(path).step == 1
+    temps = [p for p in tmp_path.iterdir() if p != path]
+    assert all(TEMP_FILE.fullmatch(p.name) for p in temps), temps  # retention's pattern
+    if point.startswith("array-"):
+        assert temps == []  # the file is built in memory: nothing on disk yet
+    else:
+        assert len(temps) == 1
+        if point == "before-rename":  # complete: only the rename was missing
+            assert load_checkpoint(temps[0]).step == 99
+    # A temp file left by the dead writer does not stand in the way of the next save.
+    save_checkpoint(snapshot(step=2), path)
+    assert load_checkpoint(path).step == 2
+    assert sorted(tmp_path.iterdir()) == sorted([path, *temps])

@@ -2,13 +2,20 @@
 
 import json
 import os
-import signal
 
 import numpy as np
 import pytest
 
 from distnn.data import get_dataset
-from tests.train.runs import metrics, params, run, start, wait_for, write_config
+from distnn.train.checkpoint import load_checkpoint
+from tests.train.runs import (
+    metrics,
+    params,
+    run,
+    run_with_step_fault,
+    steps_per_epoch,
+    write_config,
+)
 
 
 def test_train_writes_the_run_directory_and_evaluates(tmp_path):
@@ -47,17 +54,21 @@ def test_resume_by_signal_equals_uninterrupted(tmp_path):
     straight = tmp_path / "straight"
     assert run(["train", str(cfg), "--run-dir", str(straight)]).returncode == 0
     rd = tmp_path / "stopped"
-    proc = start(["train", str(cfg), "--run-dir", str(rd)])
-    wait_for(lambda: (rd / "metrics.jsonl").exists(), 120, "the first epoch to finish")
-    proc.send_signal(signal.SIGUSR1)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 75, err
-    stopped_at = metrics(rd)
+    # SIGUSR1, raised by the process itself as it enters step 5 of epoch 1: that step carries
+    # the stop request, so it is dropped and the state before it is checkpointed (exit 75).
+    epoch, step = 1, 5
+    stopped = run_with_step_fault(tmp_path, "signal.raise_signal(signal.SIGUSR1)", epoch, step,
+                                  ["train", str(cfg), "--run-dir", str(rd)])
+    assert stopped.returncode == 75, stopped.stdout + stopped.stderr
+    snap = load_checkpoint(rd / "checkpoints/last.h5")
+    assert (snap.step, snap.epoch, snap.step_in_epoch) == (
+        epoch * steps_per_epoch(16) + step, epoch, step)
+    assert [m["split"] for m in metrics(rd)] == ["train", "val"]  # epoch 0's lines, no test
     resumed = run(["train", str(cfg), "--run-dir", str(rd), "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stderr
     a, b = params(straight / "checkpoints/last.h5"), params(rd / "checkpoints/last.h5")
+    assert a.keys() == b.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a), "resumed run differs from uninterrupted"
-    assert len(stopped_at) >= 2  # the stop happened after the first epoch's lines
 
 
 def test_divergence_guard_fires_on_huge_learning_rate(tmp_path):
