@@ -106,3 +106,15 @@ def test_bad_arguments_are_named():
         ShardSampler(10, 4, 0, 1, seed=0).set_epoch(-1)
     with pytest.raises(ValueError, match="rank 2 out of range"):
         eval_indices(10, 2, 2)
+
+
+def test_bad_counts_name_the_argument():
+    with pytest.raises(ValueError) as err:
+        eval_indices(-1, 0, 1)
+    assert str(err.value) == "num_samples must be an integer >= 0, got -1"
+    with pytest.raises(ValueError) as err:
+        eval_indices(4, 0, 0)
+    assert str(err.value) == "world_size must be an integer >= 1, got 0"
+    with pytest.raises(ValueError) as err:
+        ShardSampler(10, 2, 0, 0, seed=0)
+    assert str(err.value) == "world_size must be an integer >= 1, got 0"

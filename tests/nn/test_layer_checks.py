@@ -228,3 +228,16 @@ def test_conv_fuse_relu_is_false_until_a_model_fuses_it():
                         {"type": "conv", "filters": 2, "pad": 1}], (4, 4, 1))
     assert model.layers[0].fuse_relu is True
     assert model.layers[2].fuse_relu is False
+
+
+def test_unknown_layer_and_bad_units_are_one_line_each():
+    from distnn.nn.dense import Dense
+    from distnn.nn.model import build_layers
+    with pytest.raises(SpecError) as err:
+        build_layers([{"type": "nope"}])
+    assert str(err.value) == (
+        "layer 0: unknown type 'nope'; expected one of avgpool, batchnorm, conv, dense, dropout, "
+        "elu, flatten, globalavgpool, leaky_relu, maxout, maxpool, relu, sigmoid, tanh")
+    with pytest.raises(SpecError) as err:
+        Dense(0)
+    assert str(err.value) == "dense: units=0, expected an integer >= 1"

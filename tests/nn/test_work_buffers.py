@@ -49,3 +49,10 @@ def test_dropout_of_rate_zero_passes_arrays_through_in_training():
     dout = np.ones((2, 2, 2))
     assert layer.backward(dout) is dout
     assert layer.rng.bit_generator.state == draws  # no random numbers drawn
+
+
+def test_a_buffer_has_the_dtype_asked_for_else_the_layers():
+    relu = ReLU()
+    relu.dtype = np.dtype(np.float32)
+    assert relu.buffer("idx", (3,), np.int32).dtype == np.int32  # MaxPool2D's argmax offsets
+    assert relu.buffer("f", (3,)).dtype == np.float32

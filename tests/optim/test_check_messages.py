@@ -195,3 +195,20 @@ def test_adam_betas_are_declared_in_0_to_1_half_open_with_their_defaults():
         assert str(err.value) == f"adam: {key}=1.0, expected a number in [0, 1)"
         assert err.value.key == key
     assert Adam.hparams[:2] == (_beta("beta1", 0.9), _beta("beta2", 0.999))
+
+
+def test_open_bounds_and_unknown_names_are_spelled_out():
+    from distnn.optim._check import number
+    with pytest.raises(BadValue) as err:
+        number("w", "k", 5.0, low=0.0, high=1.0, low_open=True)
+    assert str(err.value) == "w: k=5.0, expected a number in (0, 1]"
+    with pytest.raises(BadValue) as err:
+        number("w", "k", 5.0, high=1.0, high_open=True)
+    assert str(err.value) == "w: k=5.0, expected a finite number < 1"
+    with pytest.raises(ValueError) as err:
+        make_optimizer("nope")
+    assert str(err.value) == ("optimizer 'nope' is unknown; expected one of sgd, momentum, "
+                              "nesterov, adagrad, rmsprop, adam, adamw")
+    with pytest.raises(BadValue) as err:
+        HParam("mode", "min", choices=("min", "max")).check("where", "avg")
+    assert str(err.value) == "where: mode='avg', expected one of min, max"

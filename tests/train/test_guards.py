@@ -249,3 +249,9 @@ def test_a_nan_validation_never_counts_as_an_improvement(mode):
     assert not es.update(math.nan, 2) and es.best == 1.0 and es.best_epoch == 1
     assert not es.update(math.inf if mode == "max" else -math.inf, 3) and es.best == 1.0
     assert es.exhausted  # two bad epochs > patience 1
+
+
+def test_the_step_takes_one_micro_batch_by_default():
+    model = Sequential([{"type": "flatten"}, {"type": "dense", "units": 3}], (1, 2, 1), seed=0)
+    step = DataParallelStep(model, make_optimizer("sgd"), create_communicator("local"))
+    assert step.grad_accum == 1
