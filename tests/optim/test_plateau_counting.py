@@ -2,14 +2,7 @@
 a reduction."""
 
 from distnn.optim import ReduceOnPlateau
-
-
-def rates(s, values):
-    out = []
-    for v in values:
-        s.update(v)
-        out.append(s.lr(0, 0.0))
-    return out
+from tests.optim.test_plateau import rates
 
 
 def test_max_mode_needs_more_than_min_delta_above_the_best():
