@@ -17,16 +17,16 @@ from distnn.data import ArrayDataset, write_h5
 from distnn.data.errors import DataError
 from distnn.train.checkpoint import load_checkpoint
 from distnn.train.setup import load_splits
-from tests.data.conftest import SHARED_DATA, needs_shared
-from tests.test_config_effects import (
+from tests.config_harness import (
     Recorder,
     dense_wb,
-    metrics,
     read_h5,
     run,
     softmax_reference,
     toy_h5,
 )
+from tests.data.conftest import SHARED_DATA, needs_shared
+from tests.train.runs import metrics
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ import math
 import numpy as np
 import pytest
 
-from tests.test_config_effects import MOMENTUM, Recorder, dense_slots, metrics, run, toy_h5
+from tests.config_harness import MOMENTUM, Recorder, dense_slots, run, toy_h5
+from tests.train.runs import metrics
 
 LR = 0.1
 
