@@ -19,6 +19,8 @@ from distnn.data import ArrayDataset, write_h5
 from distnn.exit_codes import ExitCode
 from distnn.nn import Sequential
 from distnn.nn import threads as nn_threads
+from distnn.nn.lockstep import Lockstep
+from distnn.train.invariant import InvariantStep
 from distnn.train.run import TrainResult, train
 from distnn.train.step import DataParallelStep
 
@@ -95,21 +97,25 @@ class Batch:
 
 
 class Recorder:
-    """Watches a run: every step (DataParallelStep), every prepared batch (prepare_batch) and
-    every forward_backward call (its batch size and the conv thread count in effect)."""
+    """Watches a run: every step (DataParallelStep or InvariantStep), every prepared batch
+    (prepare_batch) and every forward_backward or lockstep call (its batch size and the conv
+    thread count in effect)."""
 
     def __init__(self, monkeypatch):
         self.steps: list[Step] = []
         self.batches: list[Batch] = []
         self.micro: list[tuple[int, int]] = []
         call, apply = DataParallelStep.__call__, DataParallelStep.apply_update
+        invariant_call = InvariantStep.__call__
         prepare, fb = iterator.prepare_batch, Sequential.forward_backward
 
-        def spy_call(fn, x, y, count, lr, stop, apply=True):
-            before = fn.model.params.copy()
-            res = call(fn, x, y, count, lr, stop, apply=apply)
-            self.steps.append(Step(x.copy(), y.copy(), count, res.loss, before))
-            return res
+        def spy(inner):
+            def spy_call(fn, x, y, count, lr, stop, apply=True, **kw):
+                before = fn.model.params.copy()
+                res = inner(fn, x, y, count, lr, stop, apply=apply, **kw)
+                self.steps.append(Step(x.copy(), y.copy(), count, res.loss, before))
+                return res
+            return spy_call
 
         def spy_apply(fn, lr):
             step = self.steps[-1]
@@ -129,10 +135,18 @@ class Recorder:
             self.micro.append((len(x), nn_threads.get_num_threads()))
             return fb(model, x, *args, **kwargs)
 
-        monkeypatch.setattr(DataParallelStep, "__call__", spy_call)
+        monkeypatch.setattr(DataParallelStep, "__call__", spy(call))
+        monkeypatch.setattr(InvariantStep, "__call__", spy(invariant_call))
         monkeypatch.setattr(DataParallelStep, "apply_update", spy_apply)
         monkeypatch.setattr(iterator, "prepare_batch", spy_prepare)
+        lockstep_run = Lockstep.run
+
+        def spy_lockstep(ls, groups, *args, **kwargs):
+            self.micro.append((sum(len(g.y) for g in groups), nn_threads.get_num_threads()))
+            return lockstep_run(ls, groups, *args, **kwargs)
+
         monkeypatch.setattr(Sequential, "forward_backward", spy_fb)
+        monkeypatch.setattr(Lockstep, "run", spy_lockstep)
 
     def lrs(self) -> list[float]:
         return [s.lr for s in self.steps]

@@ -147,6 +147,11 @@ def from_dict(raw: dict) -> Config:
     if cfg.model:  # all but the shapes, which need the data (checked when the model is built)
         with model_errors():
             nn.build_layers(cfg.model)
+    t = cfg.train
+    if t.invariant and t.grad_accum > t.groups:
+        raise ConfigError(f"train.grad_accum: {t.grad_accum} micro-batches of train.groups "
+                          f"{t.groups} groups; expected grad_accum <= groups (each micro-batch "
+                          f"is a run of whole groups)")
     return cfg
 
 
@@ -225,9 +230,16 @@ def load_config(source: str | None, overrides: list[str] | None = None) -> Confi
 
 
 def check_world_size(cfg: Config, world_size: int) -> None:
-    """What only the number of ranks decides: each rank takes an equal share of every global
-    batch (ShardSampler), so train.global_batch must be a multiple of it."""
+    """What only the number of ranks decides: the invariant step shares train.groups groups
+    among the ranks, so there must be at least as many; the plain step gives each rank an equal
+    share of every global batch, so train.global_batch must be a multiple of it."""
     batch = cfg.train.global_batch
+    if cfg.train.invariant:
+        if world_size > cfg.train.groups:
+            raise ConfigError(f"train.groups: {cfg.train.groups} groups cannot be shared by "
+                              f"{world_size} ranks; expected train.groups >= {world_size} (the "
+                              f"same value on every run that must compute the same numbers)")
+        return
     if batch % world_size:
         lower, upper = batch - batch % world_size, batch + world_size - batch % world_size
         nearest = f"{lower} or {upper}" if lower else f"{upper}"

@@ -47,6 +47,10 @@ class TrainConfig:
     max_rollbacks: int = 3  # rollbacks allowed in a run; one more divergence stops (exit 3)
     clip_grad_norm: float = 0.0  # clip the global gradient norm to this (0: off)
     threads: int = 0  # threads per rank for the layers (0: cores / ranks, at least 1)
+    # The same parameters, to the bit, on any number of ranks (distnn/train/invariant.py); false:
+    # the plain step (each rank's shard in one pass, a float32 allreduce), a little faster.
+    invariant: bool = True
+    groups: int = 16  # groups of every global batch in the invariant step: at most this many ranks
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,9 @@ class CheckpointConfig:
 class CommConfig:
     backend: str = "auto"  # auto | local | mpi | ray
     timeout: float = 300.0  # seconds a collective may take before the job aborts (0: none)
-    workers: int = 2  # ray: number of worker actors (--workers overrides)
+    workers: int = 2  # ray: number of worker actors (--workers overrides); elastic: the most
+    workers_min: int = 0  # ray: elastic down to this many (0: not elastic, always `workers`)
+    replace_timeout: float = 60.0  # ray elastic: seconds to wait for a dead worker's replacement
     max_failures: int = 0  # ray: worker-group restarts from the last checkpoint (--max-failures)
 
 
@@ -135,13 +141,13 @@ CHOICES = {
     "comm.backend": ("auto", "local", "mpi", "ray"),
 }
 POSITIVE = {"train.epochs", "train.global_batch", "train.grad_accum", "schedule.reference_batch",
-            "checkpoint.keep_best", "checkpoint.keep_last", "comm.workers",
+            "checkpoint.keep_best", "checkpoint.keep_last", "comm.workers", "train.groups",
             "train.divergence_factor"}
 NON_NEGATIVE = {"seed", "data.val_size", "train.l2", "train.max_steps", "train.eval_every_steps",
                 "train.consistency_every", "train.threads", "train.clip_grad_norm",
                 "train.max_rollbacks", "early_stopping.patience",
                 "early_stopping.min_delta", "checkpoint.every_epochs", "checkpoint.every_steps",
-                "comm.timeout", "comm.max_failures"}
+                "comm.timeout", "comm.max_failures", "comm.workers_min", "comm.replace_timeout"}
 OPEN_UNIT = {"train.rollback_lr_factor"}  # in (0, 1)
 # optimizer.* and schedule.* hyper-parameters: distnn.optim declares them (hparams_of).
 SECTIONS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig}

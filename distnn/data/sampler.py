@@ -33,6 +33,32 @@ def split_bounds(count: int, parts: int, part: int) -> tuple[int, int]:
     return start, start + base + (1 if part < extra else 0)
 
 
+def group_plan(count: int, groups: int, accum: int, world_size: int,
+               rank: int) -> list[list[tuple[int, int, int]]]:
+    """Which groups of a global batch of `count` samples rank `rank` of `world_size` computes:
+    per micro-batch, a list of (group, start, stop) with [start, stop) positions in the global
+    batch. The batch is cut into `groups` contiguous groups as evenly as possible (empty ones
+    when count < groups), the groups into `accum` contiguous micro-batches, and each
+    micro-batch's groups into `world_size` contiguous shares, in rank order. Only the rank
+    assignment depends on the world size; the groups never do."""
+    plan = []
+    for micro in range(accum):
+        first, stop = split_bounds(groups, accum, micro)
+        lo, hi = split_bounds(stop - first, world_size, rank)
+        plan.append([(g, *split_bounds(count, groups, g)) for g in range(first + lo, first + hi)])
+    return plan
+
+
+def micro_counts(count: int, groups: int, accum: int) -> list[int]:
+    """Samples in each micro-batch of a global batch of `count` (see group_plan)."""
+    out = []
+    for micro in range(accum):
+        first, stop = split_bounds(groups, accum, micro)
+        out.append(split_bounds(count, groups, stop - 1)[1] - split_bounds(count, groups, first)[0]
+                   if stop > first else 0)
+    return out
+
+
 def _check_int(name: str, value, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -45,10 +71,13 @@ class ShardSampler:
     num_samples: dataset size n; global_batch: B, the batch of a 1-worker run, divisible by
     world_size; seed: fixes the permutation with the epoch (set_epoch); shuffle=False keeps
     index order; drop_last: drop the last partial global batch (see the module docstring).
+    groups > 0: the rank takes its groups of every batch (group_plan with `accum`
+    micro-batches), and global_batch need not be divisible by world_size.
     """
 
     def __init__(self, num_samples: int, global_batch: int, rank: int, world_size: int,
-                 seed: int, shuffle: bool = True, drop_last: bool = False):
+                 seed: int, shuffle: bool = True, drop_last: bool = False, groups: int = 0,
+                 accum: int = 1):
         self.num_samples = _check_int("num_samples", num_samples, 1)
         self.global_batch = _check_int("global_batch", global_batch, 1)
         self.world_size = _check_int("world_size", world_size, 1)
@@ -56,7 +85,12 @@ class ShardSampler:
         self.seed = _check_int("seed", seed, 0)
         if self.rank >= self.world_size:
             raise ValueError(f"rank {rank} out of range for world_size {world_size}")
-        if self.global_batch % self.world_size:
+        self.groups = _check_int("groups", groups, 0)
+        self.accum = _check_int("accum", accum, 1)
+        if self.groups and self.groups < self.world_size:
+            raise ValueError(f"{world_size} ranks cannot share {groups} groups; expected at "
+                             f"most as many ranks as groups")
+        if not self.groups and self.global_batch % self.world_size:
             raise ValueError(f"global_batch {global_batch} is not divisible by world_size "
                              f"{world_size}; choose a multiple of {world_size} so every rank "
                              f"gets {global_batch // world_size}+x samples of each batch")
@@ -101,6 +135,10 @@ class ShardSampler:
         """(k,) int64: this rank's contiguous slice of the step's global batch; k = B / N for
         full batches, and 0 <= k <= ceil(m / N) for a last partial batch of m samples."""
         batch = self.global_indices(step)
+        if self.groups:
+            plan = group_plan(len(batch), self.groups, self.accum, self.world_size, self.rank)
+            parts = [batch[a:b] for micro in plan for _, a, b in micro]
+            return np.concatenate(parts) if parts else batch[:0]
         start, stop = split_bounds(len(batch), self.world_size, self.rank)
         return batch[start:stop]
 

@@ -59,9 +59,10 @@ def register_train_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_ray_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", default=None, metavar="N|MIN:MAX",
                    help="--backend ray: number of worker actors (one CPU each; default: the "
-                        "config's comm.workers, 2)")
+                        "config's comm.workers, 2); MIN:MAX: elastic, on as many as there are "
+                        "CPUs for (see comm.replace_timeout)")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="--backend ray: Ray cluster address (default: $RAY_ADDRESS, else start a "
                         "local Ray)")

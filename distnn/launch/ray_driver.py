@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 from ray.util.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
     PlacementGroupSchedulingStrategy,
@@ -38,27 +38,31 @@ from distnn.config import Config, ConfigError
 from distnn.exit_codes import ExitCode
 from distnn.launch.lock import RunDirLock
 from distnn.launch.ray_cluster import BadInput, connect, log
+from distnn.launch.ray_elastic import (
+    READY_TIMEOUT,
+    WorkerRange,
+    free_cpus,
+    reserve,
+    wait_for_cpus,
+    worker_range,
+)
 from distnn.launch.ray_worker import Worker
 from distnn.launch.rundir import choose_run_dir
 from distnn.launch.worker import Outcome, report
 
-READY_TIMEOUT = 120.0  # seconds to wait for the placement group and the actors to start
-
 
 def launch(args: argparse.Namespace, cfg: Config) -> int:
     """Run `cfg` on `args.workers` Ray actors; returns the exit code of `distnn train`."""
-    workers = cfg.comm.workers if args.workers is None else args.workers
     max_failures = cfg.comm.max_failures if args.max_failures is None else args.max_failures
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     try:
-        if workers < 1:
-            raise BadInput(f"--workers must be >= 1, got {workers}")
+        workers = worker_range(args.workers, cfg)
         if max_failures < 0:
             raise BadInput(f"--max-failures must be >= 0, got {max_failures}")
-        if not address and workers > (os.cpu_count() or 1):
-            raise BadInput(f"--workers {workers} needs {workers} CPUs (one per worker), but "
-                           f"this machine has {os.cpu_count()} (for a cluster, pass --address "
-                           f"or set RAY_ADDRESS)")
+        if not address and workers.low > (os.cpu_count() or 1):
+            raise BadInput(f"--workers {workers.low} needs {workers.low} CPUs (one per worker), "
+                           f"but this machine has {os.cpu_count()} (for a cluster, pass "
+                           f"--address or set RAY_ADDRESS)")
         # Decided once, absolute, so that restarted groups write to the same place; locked
         # here, for the whole job, since worker groups come and go.
         run_dir = choose_run_dir(args.run_dir, args.resume, cfg.name).resolve()
@@ -77,29 +81,33 @@ def launch(args: argparse.Namespace, cfg: Config) -> int:
         return ExitCode.BAD_INPUT
 
 
-def _reserve(workers: int, where: str) -> PlacementGroup:
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if workers > cpus:
-        raise BadInput(f"--workers {workers} needs {workers} CPUs (one per worker), but {where} "
-                       f"has {cpus:g}")
-    pg = placement_group([{"CPU": 1}] * workers, strategy="PACK")
-    try:
-        ray.get(pg.ready(), timeout=READY_TIMEOUT)
-    except ray.exceptions.GetTimeoutError:
-        remove_placement_group(pg)
-        raise BadInput(f"could not reserve {workers} CPUs on {where} within {READY_TIMEOUT:g} s "
-                       f"(other jobs hold them? `ray status` shows the usage)") from None
-    return pg
-
-
-def _launch(args: argparse.Namespace, cfg: Config, workers: int, max_failures: int,
+def _launch(args: argparse.Namespace, cfg: Config, workers: WorkerRange, max_failures: int,
             address: str | None, run_dir: Path) -> int:
-    pg = _reserve(workers, f"the Ray cluster at {address}" if address else "the local Ray")
+    where = f"the Ray cluster at {address}" if address else "the local Ray"
+    size = workers.high
+    if workers.elastic:
+        size = wait_for_cpus(workers.high, workers.low, READY_TIMEOUT)
+        if not size:
+            raise BadInput(f"fewer than MIN {workers.low} CPUs free on {where} within "
+                           f"{READY_TIMEOUT:g} s")
+        log(f"elastic: starting on {size} workers ({workers.low} to {workers.high})")
+    pg = reserve(size, where)
     resume, failures = args.resume, 0
     try:
         with _Signals() as signals:
             while True:
-                ended = _Group(pg, workers, signals).run(cfg, run_dir, resume)
+                group = _Group(pg, size, signals, grow_to=workers.high)
+                ended = group.run(cfg, run_dir, resume)
+                resume = "auto"
+                if isinstance(ended, Outcome) and group.growing \
+                        and ended.exit_code == ExitCode.RESUMABLE:
+                    remove_placement_group(pg)
+                    grown = min(workers.high, max(size, free_cpus()))
+                    log(f"elastic: growing from {size} to {grown} workers, resuming from "
+                        f"{_resume_point(run_dir)}")
+                    size = grown
+                    pg = reserve(size, where)
+                    continue
                 if isinstance(ended, Outcome):
                     report(ended)
                     return ended.exit_code
@@ -107,9 +115,20 @@ def _launch(args: argparse.Namespace, cfg: Config, workers: int, max_failures: i
                     log(f"{ended}; no restart left (--max-failures {max_failures}): giving up")
                     return ExitCode.FAILED
                 failures += 1
+                if workers.elastic:
+                    remove_placement_group(pg)
+                    left = wait_for_cpus(size, workers.low, cfg.comm.replace_timeout)
+                    if not left:
+                        log(f"{ended}; fewer than MIN {workers.low} CPUs free after "
+                            f"comm.replace_timeout {cfg.comm.replace_timeout:g} s: giving up")
+                        return ExitCode.FAILED
+                    if left < size:
+                        log(f"elastic: no CPU for a replacement within comm.replace_timeout "
+                            f"{cfg.comm.replace_timeout:g} s: going on with {left} workers")
+                    size = left
+                    pg = reserve(size, where)
                 log(f"{ended}; restarting the worker group ({failures} of --max-failures "
-                    f"{max_failures}), resuming from {_resume_point(run_dir)}")
-                resume = "auto"
+                    f"{max_failures}) on {size} workers, resuming from {_resume_point(run_dir)}")
     finally:
         remove_placement_group(pg)
 
@@ -144,8 +163,9 @@ def _send_sigusr1(pid: int) -> None:
 class _Group:
     """One worker group: N actors in the placement group and their rendezvous."""
 
-    def __init__(self, pg: PlacementGroup, workers: int, signals: _Signals):
-        self.workers, self.signals = workers, signals
+    def __init__(self, pg: PlacementGroup, workers: int, signals: _Signals, grow_to: int):
+        self.workers, self.signals, self.grow_to = workers, signals, grow_to
+        self.growing = False  # asked to checkpoint and stop, to restart on more workers
         self.rendezvous, _ = create_group(workers)
         actor_cls = ray.remote(num_cpus=1, max_restarts=0)(Worker)
         # Actor handles: Ray's stubs do not know the remote methods of a wrapped class.
@@ -180,6 +200,11 @@ class _Group:
             ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             if self.signals.pending:
                 self.signals.pending = False
+                self._forward_signal()
+            elif self.workers < self.grow_to and not self.growing and free_cpus() > 0:
+                self.growing = True
+                log(f"elastic: {free_cpus()} CPU(s) free: the group of {self.workers} "
+                    f"checkpoints at its next step to restart on more workers")
                 self._forward_signal()
             for ref in ready:
                 r = rank_of[ref]

@@ -1,4 +1,5 @@
-"""Evaluation: every sample of a split counted exactly once across ranks."""
+"""Evaluation: every sample of a split counted exactly once across ranks, with the same sums
+for any number of ranks."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 from distnn.comm import Communicator
 from distnn.data import Dataset, eval_indices, to_float
 from distnn.nn import LOSSES, Sequential
+from distnn.train.exact import gather_sum
 
 
 def evaluate(model: Sequential, dataset: Dataset, comm: Communicator,
@@ -14,20 +16,23 @@ def evaluate(model: Sequential, dataset: Dataset, comm: Communicator,
              batch: int = 256) -> dict:
     """Collective: all ranks must call. Returns {'loss', 'accuracy', 'n'} over the whole split.
 
-    Each rank scores its own share (data.eval_indices); sums of loss, correct and count are
-    allreduced, never means of means.
+    The split is cut into blocks of `batch` samples, the same blocks whatever the world size;
+    each rank scores a contiguous run of blocks (data.eval_indices over blocks), and the
+    blocks' loss sums and correct counts are gathered and added in block order: the same
+    numbers, to the bit, on any number of ranks (never means of means).
     """
-    indices = eval_indices(len(dataset), comm.rank, comm.size)
+    n = len(dataset)
+    blocks = -(-n // batch)
+    mine = eval_indices(blocks, comm.rank, comm.size)
     fn = LOSSES[loss]
-    sums = np.zeros(3, dtype=np.float64)
-    for start in range(0, len(indices), batch):
-        idx = indices[start:start + batch]
+    rows = np.zeros((len(mine), 2), dtype=np.float64)
+    for row, block in enumerate(mine):
+        idx = np.arange(block * batch, min((block + 1) * batch, n), dtype=np.int64)
         x = to_float(dataset.read(idx), normalization)
         y = dataset.labels[idx]
         scores = model.forward(x, training=False)
         value, _ = fn(scores, y, denom=1)
-        sums += np.array([value, np.count_nonzero(scores.argmax(axis=1) == y), len(idx)])
-    comm.allreduce_(sums)
-    n = int(sums[2])
-    return {"loss": sums[0] / max(n, 1), "accuracy": sums[1] / max(n, 1), "n": n}
-
+        rows[row] = value, np.count_nonzero(scores.argmax(axis=1) == y)
+    first = int(mine[0]) if len(mine) else 0
+    loss_sum, correct = gather_sum(rows, first, blocks, comm)
+    return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1), "n": n}

@@ -11,11 +11,13 @@ from distnn.train.errors import CheckpointError
 from distnn.train.evaluate import evaluate
 from distnn.train.run import load_on_root
 from distnn.train.setup import build_model
+from distnn.train.step import parameter_checksum
 
 
 def evaluate_checkpoint(path: Path, comm, dataset: str | None, split: str,
                         data_dir: str | None) -> dict:
-    """Collective: all ranks must call. Returns {'accuracy', 'loss', 'n', 'dataset', 'split'}.
+    """Collective: all ranks must call. Returns {'accuracy', 'loss', 'n', 'dataset', 'split',
+    'params_crc'} (the CRC-32 of the parameters, as on the run's epoch lines).
     A checkpoint whose saved config or arrays do not fit the dataset is a CheckpointError; the
     dataset's own errors are DataErrors (both name the file)."""
     snap = load_on_root(path, None, comm)
@@ -32,4 +34,5 @@ def evaluate_checkpoint(path: Path, comm, dataset: str | None, split: str,
     except (ConfigError, StateError) as exc:
         raise CheckpointError(f"{path}: its model does not fit {name} [{split}]: {exc}") from None
     result = evaluate(model, data, comm, snap.normalization, cfg.train.loss)
-    return {**result, "dataset": name, "split": split}
+    return {**result, "dataset": name, "split": split,
+            "params_crc": parameter_checksum(model.params)}

@@ -19,11 +19,12 @@ from distnn.train import checkpoint as ckpt
 from distnn.train.divergence import DivergenceGuard
 from distnn.train.errors import CheckpointError
 from distnn.train.evaluate import evaluate
+from distnn.train.invariant import InvariantStep
 from distnn.train.keeper import CheckpointKeeper
 from distnn.train.metrics import progress
 from distnn.train.signals import StopRequest
 from distnn.train.state import RunState
-from distnn.train.step import DataParallelStep, check_replicas
+from distnn.train.step import DataParallelStep, check_replicas, parameter_checksum
 
 ROLLED_BACK = -1  # train_step / end_epoch: the state went back to the newest good checkpoint
 
@@ -43,8 +44,13 @@ class Coordinator:
         self.state.early.min_delta = es.min_delta
         self.best_params: tuple[np.ndarray, np.ndarray] | None = None
         t = cfg.train
-        self.step_fn = DataParallelStep(self.model, self.optimizer, comm, t.loss, t.l2,
-                                        t.grad_accum, t.clip_grad_norm)
+        if t.invariant:
+            self.step_fn: DataParallelStep = InvariantStep(
+                self.model, self.optimizer, comm, t.loss, t.l2, t.grad_accum, t.clip_grad_norm,
+                t.groups, cfg.seed)
+        else:
+            self.step_fn = DataParallelStep(self.model, self.optimizer, comm, t.loss, t.l2,
+                                            t.grad_accum, t.clip_grad_norm)
         self.is_root = comm.rank == 0
         self.last_update_ratio = self.last_grad_norm = float("nan")
         self._before = np.empty_like(self.model.params)  # for the update ratio, reused
@@ -126,7 +132,8 @@ class Coordinator:
         np.copyto(self._state_before, self.model.state)
         lr = self.lr()
         res = self.step_fn(x, y, self.global_count(s.step_in_epoch), lr, flag.raised,
-                           apply=False)
+                           apply=False, step=s.step,
+                           indices=self.sampler.local_indices(s.step_in_epoch))
         if s.initial_loss is None:
             s.initial_loss = res.loss
         if self.guard.diverged(s, res.loss):
@@ -181,8 +188,11 @@ class Coordinator:
     # -- end of epoch ---------------------------------------------------------------------------
     def sync_state(self) -> None:
         """Average the non-trained state (BatchNorm running statistics) so every replica and
-        the checkpoint hold the same values. Collective: all ranks must call."""
-        if self.model.state.size and self.comm.size > 1:
+        the checkpoint hold the same values (SyncBatchNorm in the invariant step keeps them
+        equal already: nothing to do). Collective: all ranks must call."""
+        synced = self.cfg.train.invariant and all(
+            getattr(layer, "sync", True) for layer in self.model.layers)
+        if self.model.state.size and self.comm.size > 1 and not synced:
             self.comm.allreduce_(self.model.state)
             self.model.state /= self.comm.size
 
@@ -193,7 +203,8 @@ class Coordinator:
                        self.cfg.train.loss)
         self.metrics.write(epoch=s.epoch, step=s.step, split="val", loss=val["loss"],
                            accuracy=val["accuracy"], lr=lr, n=val["n"],
-                           images_per_s=val["n"] / max(time.perf_counter() - t0, 1e-9))
+                           images_per_s=val["n"] / max(time.perf_counter() - t0, 1e-9),
+                           params_crc=parameter_checksum(self.model.params))
         return val
 
     def end_epoch(self) -> int:
@@ -207,7 +218,8 @@ class Coordinator:
                            loss=s.epoch_loss / max(s.epoch_count, 1),
                            accuracy=s.epoch_correct / max(s.epoch_count, 1), lr=lr,
                            images_per_s=s.epoch_count / max(s.epoch_seconds, 1e-9),
-                           grad_norm=self.last_grad_norm, update_ratio=self.last_update_ratio)
+                           grad_norm=self.last_grad_norm, update_ratio=self.last_update_ratio,
+                           params_crc=parameter_checksum(self.model.params))
         val = self.validate(lr)
         if self.guard.diverged(s, val["loss"]):
             return self.on_divergence(f"epoch {s.epoch}: validation loss {val['loss']:.4g}", lr,

@@ -124,8 +124,10 @@ def build_parts(cfg: Config, comm, resume_snap) -> Parts:
     comm.broadcast_(model.params)  # identical replicas from the start, whatever the seeding
     if model.state.size:
         comm.broadcast_(model.state)
-    sampler = ShardSampler(len(splits.train), cfg.train.global_batch, comm.rank, comm.size,
-                           cfg.seed, shuffle=True, drop_last=False)
+    t = cfg.train
+    sampler = ShardSampler(len(splits.train), t.global_batch, comm.rank, comm.size, cfg.seed,
+                           shuffle=True, drop_last=False, groups=t.groups if t.invariant else 0,
+                           accum=t.grad_accum)
     return Parts(splits, model, build_optimizer(cfg, model), build_schedule(cfg), norm, sampler)
 
 

@@ -83,8 +83,9 @@ class DataParallelStep:
         return loss_sum, correct
 
     def __call__(self, x, y, global_count: int, lr: float, stop_requested: bool,
-                 apply: bool = True) -> StepResult:
+                 apply: bool = True, step: int = 0, indices=None) -> StepResult:
         """Collective: all ranks must call, with their local shard of the same global batch.
+        (`step` and `indices` are the invariant step's; here the model's reseed keys dropout.)
         apply=False: stop after the allreduce, leaving the parameters untouched; the caller
         checks the result and then calls `apply_update(lr)` (or drops the step)."""
         loss_sum, correct = self._local_gradients(x, y, global_count)

@@ -15,10 +15,19 @@ def test_a_model_that_does_not_fit_the_images_ends_every_rank_with_exit_2(tmp_pa
     assert "Abort" not in err
 
 
-def test_a_global_batch_that_does_not_split_over_the_ranks(tmp_path):
+def test_a_global_batch_that_does_not_split_over_the_ranks_in_the_plain_step(tmp_path):
     mpiexec()
-    cfg = write_config(tmp_path / "c.yaml", train={"global_batch": 64})
+    cfg = write_config(tmp_path / "c.yaml", train={"global_batch": 64, "invariant": False})
     err = bad_input(["train", str(cfg), "--run-dir", str(tmp_path / "run")], ranks=3)
     for rank in (0, 1, 2):
         assert (f"distnn train [rank {rank}]: train.global_batch: 64 does not split evenly over "
                 f"3 ranks; expected a multiple of 3 (e.g. 63 or 66)") in err, err
+
+
+def test_more_ranks_than_groups(tmp_path):
+    mpiexec()
+    cfg = write_config(tmp_path / "c.yaml", train={"groups": 2})
+    err = bad_input(["train", str(cfg), "--run-dir", str(tmp_path / "run")], ranks=3)
+    for rank in (0, 1, 2):
+        assert (f"distnn train [rank {rank}]: train.groups: 2 groups cannot be shared by 3 "
+                f"ranks; expected train.groups >= 3") in err, err

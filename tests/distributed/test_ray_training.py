@@ -183,7 +183,8 @@ def test_killed_actor_is_replaced_and_resumes_bit_identical(head, tmp_path):
     pid = int(marker.read_text())
     assert f"rank 1 of 2 is pid {pid} " in text, text
     assert re.search(rf"worker rank 1 \(pid {pid} on .*\) died .*restarting the worker group "
-                     rf"\(1 of --max-failures 1\), resuming from .*last\.h5", text), text
+                     rf"\(1 of --max-failures 1\) on 2 workers, resuming from .*last\.h5",
+                     text), text
     # Killed in epoch 1: resumed from the end of epoch 0, each epoch validated once.
     assert [m["step"] for m in metrics(rd) if m["split"] == "val"] == [469, 2 * 469, 3 * 469]
     a, b = params(tmp_path / "straight/checkpoints/last.h5"), params(rd / "checkpoints/last.h5")
