@@ -1,13 +1,15 @@
 """The cost of the world-size invariant step against the plain step, on the cifar net.
 
 Run (it launches the MPI workers itself):
-    python -m benchmarks.invariant_step [--batch 128] [--steps 20] [--rounds 3] [--json OUT]
+    python -m benchmarks.invariant_step [--batch 128] [--groups 16] [--steps 20] [--rounds 3]
+        [--ranks 1,2] [--profile] [--json OUT]
 
 For 1 rank (this process's child, local communicator) and 2 MPI ranks, each worker builds the
 cifar net (batch 128 global, one thread per rank) and times the plain step
 (distnn.train.step.DataParallelStep: one pass over the rank's shard, float32 allreduce) and the
-invariant step (distnn.train.invariant.InvariantStep: 16 groups, exact fixed-point sum, float64
-allreduce) in alternating rounds, so the machine's noise hits both alike; medians over rounds.
+invariant step (distnn.train.invariant.InvariantStep: --groups groups, exact fixed-point sum,
+float64 allreduce) in alternating rounds, so the machine's noise hits both alike; medians over
+rounds.
 Printed: img/s of both and cost = plain img/s / invariant img/s - 1 (the target: <= 5 %).
 --profile: the invariant step's time split into the lockstep forward/backward, the exact sum
 and the rest (1 rank).
@@ -27,7 +29,7 @@ from pathlib import Path
 from benchmarks.scaling import CIFAR
 
 
-def worker(batch: int, steps: int, rounds: int, profile: bool) -> dict:
+def worker(batch: int, groups: int, steps: int, rounds: int, profile: bool) -> dict:
     import numpy as np
     from threadpoolctl import threadpool_limits
 
@@ -53,9 +55,9 @@ def worker(batch: int, steps: int, rounds: int, profile: bool) -> dict:
                 fn = DataParallelStep(model, opt, comm)
                 sampler = ShardSampler(batch, batch, comm.rank, comm.size, 0, shuffle=False)
             else:
-                fn = InvariantStep(model, opt, comm, groups=16)
+                fn = InvariantStep(model, opt, comm, groups=groups)
                 sampler = ShardSampler(batch, batch, comm.rank, comm.size, 0, shuffle=False,
-                                       groups=16)
+                                       groups=groups)
             idx = sampler.local_indices(0)
             steps_of[mode] = (fn, x_all[idx], y_all[idx], idx)
         times: dict[str, list[float]] = {"plain": [], "invariant": []}
@@ -68,7 +70,7 @@ def worker(batch: int, steps: int, rounds: int, profile: bool) -> dict:
                 comm.barrier()
                 if r:
                     times[mode].append((time.perf_counter() - t0) / steps)
-        out = {"ranks": comm.size, "batch": batch}
+        out = {"ranks": comm.size, "batch": batch, "groups": groups}
         for mode, ts in times.items():
             out[f"{mode}_img_s"] = batch / statistics.median(ts)
         out["cost"] = out["plain_img_s"] / out["invariant_img_s"] - 1
@@ -100,7 +102,8 @@ def worker(batch: int, steps: int, rounds: int, profile: bool) -> dict:
 
 def launch(ranks: int, args) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.invariant_step", "--worker", "--batch",
-           str(args.batch), "--steps", str(args.steps), "--rounds", str(args.rounds)]
+           str(args.batch), "--groups", str(args.groups), "--steps", str(args.steps), "--rounds",
+           str(args.rounds)]
     if args.profile and ranks == 1:
         cmd.append("--profile")
     if ranks > 1:
@@ -112,6 +115,7 @@ def launch(ranks: int, args) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=128, help="global batch")
+    p.add_argument("--groups", type=int, default=16, help="train.groups of the invariant step")
     p.add_argument("--steps", type=int, default=20, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--ranks", default="1,2", help="comma-separated rank counts")
@@ -120,11 +124,12 @@ def main(argv=None) -> None:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        result = worker(args.batch, args.steps, args.rounds, args.profile)
+        result = worker(args.batch, args.groups, args.steps, args.rounds, args.profile)
         if int(os.environ.get("PMI_RANK", "0")) == 0:
             print(json.dumps(result))
         return
     report = [launch(int(r), args) for r in args.ranks.split(",")]
+    print(f"cifar net, global batch {args.batch}, invariant step with {args.groups} groups")
     print(f"{'ranks':>5} {'plain img/s':>12} {'invariant img/s':>16} {'cost':>7}")
     for row in report:
         print(f"{row['ranks']:>5} {row['plain_img_s']:>12.1f} {row['invariant_img_s']:>16.1f} "

@@ -101,8 +101,7 @@ def test_grad_accum_splits_each_batch_evenly_and_equals_one_pass(tmp_path, data,
     for accum in (1, 3):
         rec = Recorder(monkeypatch)
         # The plain step (the invariant one: tests/train/test_invariant_step.py).
-        result, _ = run(tmp_path, data, f"accum{accum}",
-                        train={"grad_accum": accum, "invariant": False},
+        result, _ = run(tmp_path, data, f"accum{accum}", train={"grad_accum": accum},
                         optimizer={"name": "momentum", "mu": 0.9})
         finals[accum] = (result.model.params.copy(), [s.loss for s in rec.steps])
         sizes = [n for n, _ in rec.micro]

@@ -85,7 +85,7 @@ def test_model_specs_are_checked_when_the_config_loads():
 
 
 def test_global_batch_must_split_over_the_ranks_in_the_plain_step():
-    cfg = from_dict({"train": {"global_batch": 64, "invariant": False}})
+    cfg = from_dict({"train": {"global_batch": 64}})
     check_world_size(cfg, 4)
     with pytest.raises(ConfigError, match=r"train.global_batch: 64 does not split evenly over 3 "
                                           r"ranks; expected a multiple of 3 \(e.g. 63 or 66\)"):

@@ -15,7 +15,13 @@ from distnn.data.datasets import get_dataset
 from distnn.data.errors import CorruptFileError, DataError, DatasetNotFoundError, UnsafePickleError
 from distnn.data.hdf5 import H5Dataset, write_h5
 from distnn.data.iterator import BatchIterator, prepare_batch
-from distnn.data.sampler import ShardSampler, eval_indices, group_plan, micro_counts
+from distnn.data.sampler import (
+    ShardSampler,
+    eval_indices,
+    group_plan,
+    micro_counts,
+    split_bounds,
+)
 from distnn.data.transforms import RandomCropFlip, compute_normalization, to_float
 
 DATASETS = tuple(SPECS)
@@ -24,5 +30,5 @@ __all__ = [
     "ArrayDataset", "BatchIterator", "CorruptFileError", "DATASETS", "DataError", "Dataset",
     "DatasetNotFoundError", "H5Dataset", "RandomCropFlip", "ShardSampler", "UnsafePickleError",
     "compute_normalization", "eval_indices", "get_dataset", "group_plan", "micro_counts",
-    "prepare_batch", "resolve_data_dir", "to_float", "write_h5",
+    "prepare_batch", "resolve_data_dir", "split_bounds", "to_float", "write_h5",
 ]

@@ -102,7 +102,7 @@ def _launch(args: argparse.Namespace, cfg: Config, workers: WorkerRange, max_fai
                 if isinstance(ended, Outcome) and group.growing \
                         and ended.exit_code == ExitCode.RESUMABLE:
                     remove_placement_group(pg)
-                    grown = min(workers.high, max(size, free_cpus()))
+                    grown = min(workers.high, size + group.growing)
                     log(f"elastic: growing from {size} to {grown} workers, resuming from "
                         f"{_resume_point(run_dir)}")
                     size = grown
@@ -115,6 +115,7 @@ def _launch(args: argparse.Namespace, cfg: Config, workers: WorkerRange, max_fai
                     log(f"{ended}; no restart left (--max-failures {max_failures}): giving up")
                     return ExitCode.FAILED
                 failures += 1
+                shrink = ""
                 if workers.elastic:
                     remove_placement_group(pg)
                     left = wait_for_cpus(size, workers.low, cfg.comm.replace_timeout)
@@ -123,12 +124,13 @@ def _launch(args: argparse.Namespace, cfg: Config, workers: WorkerRange, max_fai
                             f"comm.replace_timeout {cfg.comm.replace_timeout:g} s: giving up")
                         return ExitCode.FAILED
                     if left < size:
-                        log(f"elastic: no CPU for a replacement within comm.replace_timeout "
-                            f"{cfg.comm.replace_timeout:g} s: going on with {left} workers")
+                        shrink = (f" (elastic: no CPU for a replacement within "
+                                  f"comm.replace_timeout {cfg.comm.replace_timeout:g} s)")
                     size = left
                     pg = reserve(size, where)
                 log(f"{ended}; restarting the worker group ({failures} of --max-failures "
-                    f"{max_failures}) on {size} workers, resuming from {_resume_point(run_dir)}")
+                    f"{max_failures}) on {size} workers{shrink}, resuming from "
+                    f"{_resume_point(run_dir)}")
     finally:
         remove_placement_group(pg)
 
@@ -165,7 +167,7 @@ class _Group:
 
     def __init__(self, pg: PlacementGroup, workers: int, signals: _Signals, grow_to: int):
         self.workers, self.signals, self.grow_to = workers, signals, grow_to
-        self.growing = False  # asked to checkpoint and stop, to restart on more workers
+        self.growing = 0  # free CPUs seen when it was asked to stop to restart larger
         self.rendezvous, _ = create_group(workers)
         actor_cls = ray.remote(num_cpus=1, max_restarts=0)(Worker)
         # Actor handles: Ray's stubs do not know the remote methods of a wrapped class.
@@ -200,12 +202,11 @@ class _Group:
             ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             if self.signals.pending:
                 self.signals.pending = False
-                self._forward_signal()
-            elif self.workers < self.grow_to and not self.growing and free_cpus() > 0:
-                self.growing = True
-                log(f"elastic: {free_cpus()} CPU(s) free: the group of {self.workers} "
-                    f"checkpoints at its next step to restart on more workers")
-                self._forward_signal()
+                self._forward_signal("signal received")
+            elif self.workers < self.grow_to and not self.growing:
+                self.growing = free_cpus()
+                if self.growing:
+                    self._forward_signal(f"elastic: {self.growing} CPU(s) free, growing")
             for ref in ready:
                 r = rank_of[ref]
                 try:
@@ -217,10 +218,10 @@ class _Group:
                     return Outcome(ExitCode.FAILED, None, None)
         return results[0]
 
-    def _forward_signal(self) -> None:
+    def _forward_signal(self, why: str) -> None:
         """SIGUSR1 to rank 0's process, from a zero-CPU task on its node."""
         info = self.infos[0]
-        log(f"signal received: asking rank 0 (pid {info['pid']}) to checkpoint and stop")
+        log(f"{why}: asking rank 0 (pid {info['pid']}) to checkpoint and stop")
         node = info.get("node_id")
         strategy = NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT"
         _send_sigusr1.options(scheduling_strategy=strategy).remote(info["pid"])

@@ -4,14 +4,14 @@ number of ranks.
 Each group's gradient is rounded to a fixed-point grid shared by everyone: the flat buffer is
 cut into buckets of BUCKET elements; a bucket's grid step is 2**(E - T), where 2**E bounds the
 largest magnitude of that bucket over every group of every rank (one max-allreduce of the
-buckets' float32 bit patterns) and T = 52 - ceil(log2(groups)). The rounded values are
-integers below 2**52 / groups in magnitude, held in float64, so any sum of them, in any order,
-on one rank or across ranks (one float64 sum-allreduce), is exact; the total is then scaled
-back and rounded once to float32. Every value within 2**24 of its bucket's largest is on the
-grid exactly, so the result is the exact sum rounded once, where float32 summation rounds at
-every addition. A bucket holding a NaN or an infinity gives NaN. float64 rows (gradient
-checks) take the same path: their sum is then deterministic and within 2**-48 of the bucket's
-largest value, not exact.
+buckets' float32 bit patterns) and T = 51 - ceil(log2(groups)). The rounded values are
+integers of at most 2**T in magnitude, held in float64, so any sum of them, in any order, on
+one rank or across ranks (one float64 sum-allreduce), is exact (below 2**51); the total is then
+scaled back and rounded once to float32. A float32 value within 2**(T - 23) of its bucket's
+largest (2**24 for up to 16 groups) is on the grid exactly, so the result is the exact sum
+rounded once, where float32 summation rounds at every addition. A bucket holding a NaN or an
+infinity gives NaN. float64 rows (gradient checks) take the same path: their sum is then
+deterministic and within 2**-T of the bucket's largest value per addend, not exact.
 """
 
 from __future__ import annotations
@@ -29,30 +29,44 @@ _BITS = {np.dtype(np.float32): (np.int32, 0x7FFFFFFF, 0x7F800000),
          np.dtype(np.float64): (np.int64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
 
 
+_ROUND = 1.5 * 2.0**52  # v + _ROUND - _ROUND: v rounded to the nearest integer (ties to even)
+
+
 @njit
 def bucket_max_bits(bits, mask, bucket, out):
-    """out[b] = max(out[b], largest |value| in bucket b, as bits): `bits` is a float row
-    viewed as integers of its width; NaN and inf patterns are the largest of all."""
-    p = bits.size
+    """out[b] = largest |value| in bucket b of every row, as bits: `bits` (rows, P) is float
+    rows viewed as integers of their width, `mask` of the same type clears the sign; NaN and
+    inf patterns are the largest of all."""
+    rows, p = bits.shape
     for b in range(out.size):
         lo = b * bucket
         hi = min(lo + bucket, p)
-        m = out[b]
-        for i in range(lo, hi):
-            m = max(m, bits[i] & mask)
+        m = mask & 0
+        for k in range(rows):
+            row = bits[k]
+            for i in range(lo, hi):
+                v = row[i] & mask
+                m = v if v > m else m
         out[b] = m
 
 
 @njit
-def quantize_add(row, bucket, scale, acc):
-    """acc += rint(row * scale[bucket]) elementwise (float64, exact while |acc| < 2**53)."""
-    p = row.size
+def quantize_sum(rows, bucket, scale, acc):
+    """acc = sum over rows of round(row * scale[bucket]) (float64 integers of at most 2**T each,
+    T <= 51, so the rounding trick below holds, and exact while the sum stays below 2**53).
+    Bucket by bucket, so a bucket's sums stay in L1
+    across the rows; the rounding is the add-and-subtract of 1.5 * 2**52 (vectorises)."""
+    n, p = rows.shape
     for b in range(scale.size):
         s = scale[b]
         lo = b * bucket
         hi = min(lo + bucket, p)
-        for i in range(lo, hi):
-            acc[i] += np.rint(np.float64(row[i]) * s)
+        a = acc[lo:hi]
+        a[:] = 0.0
+        for k in range(n):
+            row = rows[k, lo:hi]
+            for i in range(hi - lo):
+                a[i] += (np.float64(row[i]) * s + _ROUND) - _ROUND
 
 
 @njit
@@ -69,7 +83,7 @@ def dequantize(acc, bucket, step, out):
 
 def headroom(groups: int) -> int:
     """T: bits below a bucket's bound that the grid keeps, for `groups` addends."""
-    return 52 - max(math.ceil(math.log2(max(groups, 1))), 0)
+    return 51 - max(math.ceil(math.log2(max(groups, 1))), 0)
 
 
 def grid(max_bits: np.ndarray, groups: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +110,8 @@ class ExactSum:
     def __init__(self, size: int, groups: int, comm, extra: int = 0, dtype=np.float32):
         self.size, self.groups, self.comm = size, groups, comm
         self.dtype = np.dtype(dtype)
-        int_type, self.mask, _ = _BITS[self.dtype]
+        int_type, mask, _ = _BITS[self.dtype]
+        self.mask = int_type(mask)
         self.max_bits = np.zeros(-(-size // BUCKET), int_type)
         self.buffer = np.zeros(size + extra, np.float64)
         self.extra = self.buffer[size:]
@@ -106,15 +121,17 @@ class ExactSum:
         once. Fill `self.extra` before the call; it holds the reduced slots after.
         Collective: all ranks must call."""
         mx = self.max_bits
-        mx[...] = 0
-        for row in rows:
-            bucket_max_bits(row.view(mx.dtype), self.mask, BUCKET, mx)
+        acc = self.buffer[:self.size]
+        if len(rows):
+            bucket_max_bits(rows.view(mx.dtype), self.mask, BUCKET, mx)
+        else:
+            mx[...] = 0
         self.comm.allreduce_(mx, op="max")
         scale, step = grid(mx, self.groups, self.dtype)
-        acc = self.buffer[:self.size]
-        acc[...] = 0.0
-        for row in rows:
-            quantize_add(row, BUCKET, scale, acc)
+        if len(rows):
+            quantize_sum(rows, BUCKET, scale, acc)
+        else:
+            acc[...] = 0.0
         self.comm.allreduce_(self.buffer)
         dequantize(acc, BUCKET, step, out)
 

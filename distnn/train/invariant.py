@@ -27,9 +27,9 @@ class InvariantStep(DataParallelStep):
     def __init__(self, model, optimizer, comm, loss: str = "softmax", l2: float = 0.0,
                  grad_accum: int = 1, clip_grad_norm: float = 0.0, groups: int = 16,
                  seed: int = 0):
-        super().__init__(model, optimizer, comm, loss, l2, 1, clip_grad_norm)
-        self.accum, self.groups, self.seed = grad_accum, groups, seed
-        self.lockstep = Lockstep(model)
+        super().__init__(model, optimizer, comm, loss, l2, 1, clip_grad_norm, seed)
+        self.accum, self.groups = grad_accum, groups
+        self.lockstep = Lockstep(model)  # with or without BatchNorm: one group, one replica
         # Per group: loss sum, correct, count; then the stop flag.
         self.sum = ExactSum(model.grads.size, groups, comm, extra=3 * groups + 1,
                             dtype=model.dtype)
@@ -70,6 +70,7 @@ class InvariantStep(DataParallelStep):
             def reduce(table, sync, first=first):
                 return gather_sum(table, first, self.groups, comm if sync else None)
 
+            assert self.lockstep is not None  # set in __init__
             results = self.lockstep.run(groups, count, global_count, step, self.seed, reduce,
                                         self.loss)
             for (gid, a, b), (value, correct) in zip(micro, results, strict=True):

@@ -50,7 +50,7 @@ class Coordinator:
                 t.groups, cfg.seed)
         else:
             self.step_fn = DataParallelStep(self.model, self.optimizer, comm, t.loss, t.l2,
-                                            t.grad_accum, t.clip_grad_norm)
+                                            t.grad_accum, t.clip_grad_norm, cfg.seed)
         self.is_root = comm.rank == 0
         self.last_update_ratio = self.last_grad_norm = float("nan")
         self._before = np.empty_like(self.model.params)  # for the update ratio, reused
@@ -128,7 +128,6 @@ class Coordinator:
     def train_step(self, x, y, flag: StopRequest) -> int | None:
         """One step; an exit code or ROLLED_BACK when the loop must leave the epoch."""
         s, t = self.state, self.cfg.train
-        self.model.reseed(self.cfg.seed, s.step, self.comm.rank)
         np.copyto(self._state_before, self.model.state)
         lr = self.lr()
         res = self.step_fn(x, y, self.global_count(s.step_in_epoch), lr, flag.raised,

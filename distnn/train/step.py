@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from distnn.data import split_bounds
 from distnn.nn.jit import njit
+from distnn.nn.lockstep import Group, Lockstep
+from distnn.nn.regularize import BatchNorm, Dropout, sample_keys
 from distnn.train.errors import ReplicaMismatch
 
 # Scalars reduced in the same allreduce as the gradients (trailing slots of model.grad_buffer).
@@ -49,30 +52,86 @@ def clip_grad_norm_(grads: np.ndarray, max_norm: float) -> float:
 
 class DataParallelStep:
     """Replica step. The model must be built with `extra_grad_slots=EXTRA_SLOTS`.
-    `clip_grad_norm` > 0 clips the global (reduced) gradient to that norm before the update."""
+    `clip_grad_norm` > 0 clips the global (reduced) gradient to that norm before the update.
+    A model with BatchNorm runs through nn/lockstep.py, so that a synced BatchNorm normalises
+    with the statistics of the whole global (micro-)batch. Dropout masks are keyed by (`seed`,
+    layer, step, dataset index): a sample's mask is the same on any rank (InvariantStep adds
+    bitwise world-size invariance)."""
 
     def __init__(self, model, optimizer, comm, loss: str = "softmax", l2: float = 0.0,
-                 grad_accum: int = 1, clip_grad_norm: float = 0.0):
+                 grad_accum: int = 1, clip_grad_norm: float = 0.0, seed: int = 0):
         self.model, self.optimizer, self.comm = model, optimizer, comm
         self.loss, self.l2, self.grad_accum = loss, l2, grad_accum
-        self.clip_grad_norm = clip_grad_norm
+        self.clip_grad_norm, self.seed = clip_grad_norm, seed
         self.acc = np.zeros_like(model.grads) if grad_accum > 1 else None
         self.extra = model.grad_buffer[model.grads.size:]
+        has_norm = any(isinstance(layer, BatchNorm) for layer in model.layers)
+        self.lockstep: Lockstep | None = Lockstep(model) if has_norm else None
+        self.dropouts = [(i, layer) for i, layer in enumerate(model.layers)
+                         if isinstance(layer, Dropout)]
 
-    def _local_gradients(self, x, y, global_count: int) -> tuple[float, int]:
+    def _local_gradients(self, x, y, global_count: int, step: int = 0,
+                         indices=None) -> tuple[float, int]:
         """Fill model.grads with this rank's share of the global-mean gradient."""
         model, n = self.model, len(y)
+        indices = np.arange(n) if indices is None else indices
+        if self.lockstep is not None:
+            return self._with_batchnorm(x, y, global_count, step, indices)
         if n == 0:
             model.grads[...] = 0.0
             return 0.0, 0
         parts = min(self.grad_accum, n)
         loss_sum, correct = 0.0, 0
         for i in range(parts):  # micro-batches as even as possible, the first ones one longer
-            sl = slice(i * (n // parts) + min(i, n % parts),
-                       (i + 1) * (n // parts) + min(i + 1, n % parts))
+            sl = slice(*split_bounds(n, parts, i))
+            for index, layer in self.dropouts:
+                layer.keys = sample_keys(self.seed, index, step, indices[sl])
             value, scores = model.forward_backward(x[sl], y[sl], self.loss, self.l2, global_count)
             loss_sum += value
             correct += int(np.count_nonzero(scores.argmax(axis=1) == y[sl]))
+            if self.acc is not None:
+                if i == 0:
+                    self.acc[...] = model.grads
+                else:
+                    self.acc += model.grads
+        for _, layer in self.dropouts:  # the model's own forward draws from its generator again
+            layer.keys = None
+        if self.acc is not None:
+            model.grads[...] = self.acc
+        return loss_sum, correct
+
+    def _with_batchnorm(self, x, y, global_count: int, step: int,
+                        indices) -> tuple[float, int]:
+        """Every rank runs grad_accum micro-batches (some maybe empty), all ranks' micro-batch i
+        together being the global micro-batch i whose statistics a synced BatchNorm takes
+        (summed over ranks with one small allreduce per BatchNorm layer and pass)."""
+        model, comm, parts, lockstep = self.model, self.comm, self.grad_accum, self.lockstep
+        assert lockstep is not None  # a model with BatchNorm
+        shares = [split_bounds(global_count, comm.size, r) for r in range(comm.size)]
+
+        def reduce(table: np.ndarray, sync: bool) -> np.ndarray:
+            total = np.zeros(table.shape[1:], np.float64)
+            for row in table:
+                total += row
+            return comm.allreduce_(total) if sync else total
+
+        loss_sum, correct = 0.0, 0
+        for i in range(parts):
+            a, b = split_bounds(len(y), parts, i)
+            count = 0
+            for lo, hi in shares:
+                first, last = split_bounds(hi - lo, parts, i)
+                count += last - first
+            groups = [Group(x[a:b], y[a:b], indices[a:b], model.grads)] if b > a else []
+            if not groups:
+                model.grads[...] = 0.0
+            for value, right in lockstep.run(groups, count, global_count, step, self.seed,
+                                             reduce, self.loss):
+                if self.l2:
+                    share = (b - a) / global_count
+                    value += self.l2 * share * model.add_l2_(self.l2 * share)
+                loss_sum += value
+                correct += right
             if self.acc is not None:
                 if i == 0:
                     self.acc[...] = model.grads
@@ -85,10 +144,11 @@ class DataParallelStep:
     def __call__(self, x, y, global_count: int, lr: float, stop_requested: bool,
                  apply: bool = True, step: int = 0, indices=None) -> StepResult:
         """Collective: all ranks must call, with their local shard of the same global batch.
-        (`step` and `indices` are the invariant step's; here the model's reseed keys dropout.)
+        `step` and the dataset `indices` of x key the dropout masks (default: 0 and
+        0..len(x)-1).
         apply=False: stop after the allreduce, leaving the parameters untouched; the caller
         checks the result and then calls `apply_update(lr)` (or drops the step)."""
-        loss_sum, correct = self._local_gradients(x, y, global_count)
+        loss_sum, correct = self._local_gradients(x, y, global_count, step, indices)
         self.extra[:] = (loss_sum, correct, len(y), 1.0 if stop_requested else 0.0)
         self.comm.allreduce_(self.model.grad_buffer)
         result = StepResult(float(self.extra[LOSS]), int(round(float(self.extra[CORRECT]))),

@@ -17,7 +17,7 @@ def test_a_model_that_does_not_fit_the_images_ends_every_rank_with_exit_2(tmp_pa
 
 def test_a_global_batch_that_does_not_split_over_the_ranks_in_the_plain_step(tmp_path):
     mpiexec()
-    cfg = write_config(tmp_path / "c.yaml", train={"global_batch": 64, "invariant": False})
+    cfg = write_config(tmp_path / "c.yaml", train={"global_batch": 64})
     err = bad_input(["train", str(cfg), "--run-dir", str(tmp_path / "run")], ranks=3)
     for rank in (0, 1, 2):
         assert (f"distnn train [rank {rank}]: train.global_batch: 64 does not split evenly over "
@@ -26,7 +26,7 @@ def test_a_global_batch_that_does_not_split_over_the_ranks_in_the_plain_step(tmp
 
 def test_more_ranks_than_groups(tmp_path):
     mpiexec()
-    cfg = write_config(tmp_path / "c.yaml", train={"groups": 2})
+    cfg = write_config(tmp_path / "c.yaml", train={"groups": 2, "invariant": True})
     err = bad_input(["train", str(cfg), "--run-dir", str(tmp_path / "run")], ranks=3)
     for rank in (0, 1, 2):
         assert (f"distnn train [rank {rank}]: train.groups: 2 groups cannot be shared by 3 "

@@ -23,8 +23,8 @@ MODEL = [
     {"type": "dense", "units": 24}, {"type": "batchnorm"}, {"type": "relu"},
     {"type": "dropout", "rate": 0.3}, {"type": "dense", "units": 10},
 ]
-TRAIN = {"epochs": 1, "max_steps": 20, "global_batch": 30, "grad_accum": 2, "groups": 8,
-         "eval_every_steps": 8, "consistency_every": 4}
+TRAIN = {"invariant": True, "epochs": 1, "max_steps": 20, "global_batch": 30, "grad_accum": 2,
+         "groups": 8, "eval_every_steps": 8, "consistency_every": 4}
 
 
 def config(tmp_path, **train):

@@ -9,6 +9,8 @@ the worker node takes a worker and its CPU away, as losing a machine does.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +26,8 @@ pytest.importorskip("ray", reason="ray not installed (pip install 'distnn[ray]')
 
 
 class Node:
-    """A worker node of `head`'s cluster with 1 CPU, stopped by SIGTERM to `ray start --block`."""
+    """A worker node of `head`'s cluster with 1 CPU, in a session of its own: `lose()` kills it
+    all at once (raylet, object store, the worker processes on it), as when a machine fails."""
 
     def __init__(self, head: Head, tag: str):
         self.log = Path(head.tmp) / f"node-{tag}.log"
@@ -32,7 +35,8 @@ class Node:
         self.proc = subprocess.Popen(
             [str(BIN / "ray"), "start", "--address", head.address, "--block", "--num-cpus", "1",
              "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=ray_env())
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=ray_env(),
+            start_new_session=True)
 
     def wait_joined(self, cpus: int, timeout=90):
         probe = (f"import ray; ray.init(address='{self.head.address}', logging_level='ERROR'); "
@@ -51,10 +55,20 @@ class Node:
         self.proc.terminate()
         self.proc.wait(timeout=60)
 
+    def lose(self):
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+
+# A lost node is declared dead after 3 missed health checks 0.5 s apart (Ray's defaults take
+# about 30 s).
+FAST_NODE_DEATH = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
+                   "RAY_health_check_failure_threshold": "3"}
+
 
 @pytest.fixture(scope="module")
 def cluster():
-    head = Head()
+    head = Head(FAST_NODE_DEATH)
     nodes = []
     try:
         head.wait_ready()
@@ -93,9 +107,9 @@ def test_ray_workers_compute_the_bits_of_one_process(cluster, one_process, tmp_p
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
-# The driver, with worker actors that take 0.2 s per step while the group has 2 workers (so the
-# lost node has time to come back and the group to grow), 0.01 s otherwise. Sleeping changes no
-# number: the test compares bits.
+# The driver, with worker actors that take 0.3 s per step while the group has 2 workers (so the
+# lost node has time to come back and the group to grow), 0.1 s otherwise (so that the node is
+# lost mid-run). Sleeping changes no number: the test compares bits.
 SLOW_WHEN_SMALL = """
 import sys, time
 import distnn.launch.ray_driver as driver
@@ -108,7 +122,7 @@ class Slow(Worker):
         train_step = loop.Coordinator.train_step
 
         def patched(coord, *a, **kw):
-            time.sleep(0.2 if coord.comm.size == 2 else 0.01)
+            time.sleep(0.3 if coord.comm.size == 2 else 0.1)
             return train_step(coord, *a, **kw)
 
         loop.Coordinator.train_step = patched
@@ -140,8 +154,9 @@ def test_elastic_job_loses_a_node_goes_on_and_grows_back_to_the_same_bits(cluste
         wait_for(lambda: "elastic: starting on 3 workers (2 to 3)" in text(), 120, "3 workers")
         wait_for(lambda: (rd / "metrics.jsonl").exists() and any(
             m.get("step", 0) >= 20 for m in metrics(rd)), 120, "step 20")
-        nodes[0].stop()  # the node of one worker goes away, with its CPU
-        wait_for(lambda: "going on with 2 workers" in text(), 120, "the shrink")
+        nodes[0].lose()  # the node of one worker goes away, with its CPU
+        wait_for(lambda: "on 2 workers (elastic: no CPU for a replacement within "
+                 "comm.replace_timeout 2 s)" in text(), 120, "the shrink")
         nodes.append(Node(head, "b"))  # a CPU comes back
         proc.wait(timeout=300)
     finally:
@@ -149,7 +164,8 @@ def test_elastic_job_loses_a_node_goes_on_and_grows_back_to_the_same_bits(cluste
             proc.kill()
     out = log.read_text()
     assert proc.returncode == 0, out
-    assert "died" in out and "growing from 2 to 3 workers" in out, out
+    assert "died" in out and "elastic: 1 CPU(s) free, growing: asking rank 0" in out, out
+    assert "elastic: growing from 2 to 3 workers" in out, out
     a, b = params(straight / "checkpoints/last.h5"), params(rd / "checkpoints/last.h5")
     assert all(np.array_equal(a[k], b[k]) for k in a)
     # Steps redone after a restart log their lines again, with the same parameters.
@@ -160,15 +176,22 @@ def test_elastic_job_loses_a_node_goes_on_and_grows_back_to_the_same_bits(cluste
     assert crcs(rd)[1] == crcs(straight)[1]
 
 
-@pytest.mark.parametrize("workers, message", [
-    ("3:2", "--workers 3:2: MIN 3 > MAX 2; expected MIN <= MAX"),
-    ("0:2", "--workers 0:2: MIN 0 < 1; expected at least one worker"),
-    ("2:x", "--workers '2:x': expected N or MIN:MAX (integers)"),
-    ("2:9", "--workers 2:9: 9 workers cannot share train.groups 8 groups; expected MAX <= 8"),
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "3:2"], "--workers 3:2: MIN 3 > MAX 2; expected MIN <= MAX"),
+    (["--workers", "0:2"], "--workers 0:2: MIN 0 < 1; expected at least one worker"),
+    (["--workers", "2:x"], "--workers '2:x': expected N or MIN:MAX (integers)"),
+    (["--workers", "2:9"], "--workers 2:9: 9 workers cannot share train.groups 8 groups; "
+                           "expected MAX <= 8 (or raise train.groups)"),
+    (["--workers", "1:2", "--set", "train.invariant=false"],
+     "--workers 1:2: an elastic range needs train.invariant: true (the plain step computes "
+     "other numbers on another number of workers)"),
+    (["--set", "comm.workers_min=3", "--set", "comm.workers=2"],
+     "comm.workers_min 3 / comm.workers 2: MIN 3 > MAX 2; expected MIN <= MAX"),
 ])
-def test_a_bad_worker_range_is_one_clear_error(tmp_path, workers, message):
-    out = distnn(["train", str(config(tmp_path)), "--backend", "ray", "--workers", workers,
+def test_a_bad_worker_range_is_one_clear_error(tmp_path, args, message):
+    out = distnn(["train", str(config(tmp_path)), "--backend", "ray", *args,
                   "--run-dir", str(tmp_path / "r")], timeout=60)
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().splitlines()[-1].endswith(message), out.stderr
+    assert out.stderr.count("error:") == 1, out.stderr
     assert not (tmp_path / "r").exists()

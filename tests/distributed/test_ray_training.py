@@ -44,7 +44,7 @@ def ray_env() -> dict:
 
 
 class Head:
-    def __init__(self):
+    def __init__(self, env: dict | None = None):
         self.port, self.dash = free_port(), free_port()
         self.tmp = tempfile.mkdtemp(prefix="dnray-")  # short: Ray socket paths < 108 chars
         self.log = Path(self.tmp) / "head.log"
@@ -53,7 +53,7 @@ class Head:
              "--port", str(self.port), "--num-cpus", "2", "--include-dashboard=true",
              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dash),
              "--temp-dir", self.tmp, "--disable-usage-stats"],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=ray_env())
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env={**ray_env(), **(env or {})})
 
     @property
     def address(self) -> str:

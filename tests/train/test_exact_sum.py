@@ -108,3 +108,11 @@ def test_evaluation_sums_are_bit_identical_on_any_world_size():
             assert got == want
     scores = model().predict(images.astype(np.float32) / 255)
     assert want["accuracy"] == pytest.approx(np.mean(scores.argmax(1) == data.labels), abs=0)
+
+
+def test_one_group_at_the_top_of_the_grid_rounds_correctly():
+    # One addend: T = 51, the bucket's largest value lands at 2**50 .. 2**51 on the grid, the
+    # edge of the add-and-subtract rounding; a value just below a power of two rounds up to it.
+    row = np.array([[np.nextafter(np.float32(2.0), np.float32(0)), 1.0, -3.5e-8]], np.float32)
+    np.testing.assert_array_equal(exact(row), row[0])
+    assert headroom(1) == 51 and headroom(16) == 47 and headroom(17) == 46

@@ -67,7 +67,7 @@ def test_thread_count_changes_no_bit():
 
 
 def test_more_ranks_than_groups_is_one_clear_error():
-    cfg = from_dict({"train": {"groups": 4}})
+    cfg = from_dict({"train": {"groups": 4, "invariant": True}})
     check_world_size(cfg, 4)
     with pytest.raises(ConfigError, match=r"^train.groups: 4 groups cannot be shared by 5 "
                                           r"ranks; expected train.groups >= 5"):
@@ -169,5 +169,5 @@ def test_one_local_rank_runs_the_step_without_thread_ranks():
 def test_more_micro_batches_than_groups_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"^train.grad_accum: 5 micro-batches of train.groups 4 "
                                           r"groups; expected grad_accum <= groups"):
-        from_dict({"train": {"groups": 4, "grad_accum": 5}})
+        from_dict({"train": {"groups": 4, "grad_accum": 5, "invariant": True}})
     from_dict({"train": {"groups": 4, "grad_accum": 5, "invariant": False}})
