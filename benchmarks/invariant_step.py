@@ -21,12 +21,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from benchmarks.scaling import CIFAR
+from benchmarks.scaling import CIFAR, launch_worker
 
 
 def worker(batch: int, groups: int, steps: int, rounds: int, profile: bool) -> dict:
@@ -101,15 +99,10 @@ def worker(batch: int, groups: int, steps: int, rounds: int, profile: bool) -> d
 
 
 def launch(ranks: int, args) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.invariant_step", "--worker", "--batch",
-           str(args.batch), "--groups", str(args.groups), "--steps", str(args.steps), "--rounds",
-           str(args.rounds)]
-    if args.profile and ranks == 1:
-        cmd.append("--profile")
-    if ranks > 1:
-        cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks)] + cmd
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    flags = ["--batch", str(args.batch), "--groups", str(args.groups), "--steps",
+             str(args.steps), "--rounds", str(args.rounds)]
+    return launch_worker("benchmarks.invariant_step", ranks,
+                         flags + (["--profile"] if args.profile and ranks == 1 else []))
 
 
 def main(argv=None) -> None:

@@ -125,8 +125,14 @@ def torch_ddp(size: int, batch: int, steps: int) -> float | None:
 
 def launch(ranks: int, batch: int, steps: int) -> dict:
     """Run this module's worker under mpiexec (or alone for 1 rank) and read rank 0's JSON."""
-    cmd = [sys.executable, "-m", "benchmarks.scaling", "--worker", "--batch", str(batch),
-           "--steps", str(steps)]
+    return launch_worker("benchmarks.scaling", ranks, ["--batch", str(batch), "--steps",
+                                                       str(steps)])
+
+
+def launch_worker(module: str, ranks: int, args: list[str]) -> dict:
+    """`python -m MODULE --worker ARGS` under mpiexec (alone for 1 rank); rank 0's last stdout
+    line, as JSON."""
+    cmd = [sys.executable, "-m", module, "--worker", *args]
     if ranks > 1:
         cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks)] + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)

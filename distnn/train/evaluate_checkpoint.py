@@ -7,10 +7,11 @@ from pathlib import Path
 from distnn.config import ConfigError, from_dict, parse_yaml
 from distnn.data import get_dataset
 from distnn.nn import StateError
+from distnn.nn import threads as nn_threads
 from distnn.train.errors import CheckpointError
 from distnn.train.evaluate import evaluate
 from distnn.train.run import load_on_root
-from distnn.train.setup import build_model
+from distnn.train.setup import build_model, rank_threads
 from distnn.train.step import parameter_checksum
 
 
@@ -33,6 +34,8 @@ def evaluate_checkpoint(path: Path, comm, dataset: str | None, split: str,
         model.load_state_dict(snap.model)
     except (ConfigError, StateError) as exc:
         raise CheckpointError(f"{path}: its model does not fit {name} [{split}]: {exc}") from None
-    result = evaluate(model, data, comm, snap.normalization, cfg.train.loss)
+    # Under the thread limits of training (one-thread BLAS): the numbers of the run's test line.
+    with nn_threads.limit(rank_threads(cfg.train.threads, comm.size)):
+        result = evaluate(model, data, comm, snap.normalization, cfg.train.loss)
     return {**result, "dataset": name, "split": split,
             "params_crc": parameter_checksum(model.params)}

@@ -187,10 +187,9 @@ class Coordinator:
     # -- end of epoch ---------------------------------------------------------------------------
     def sync_state(self) -> None:
         """Average the non-trained state (BatchNorm running statistics) so every replica and
-        the checkpoint hold the same values (SyncBatchNorm in the invariant step keeps them
-        equal already: nothing to do). Collective: all ranks must call."""
-        synced = self.cfg.train.invariant and all(
-            getattr(layer, "sync", True) for layer in self.model.layers)
+        the checkpoint hold the same values (a synced BatchNorm keeps them equal already: nothing
+        to do). Collective: all ranks must call."""
+        synced = all(getattr(layer, "sync", True) for layer in self.model.layers)
         if self.model.state.size and self.comm.size > 1 and not synced:
             self.comm.allreduce_(self.model.state)
             self.model.state /= self.comm.size

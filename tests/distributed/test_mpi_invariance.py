@@ -2,6 +2,8 @@
 (dropout, SyncBatchNorm, augmentation, gradient accumulation, a batch 4 does not divide), and a
 run stopped on N ranks resumes on N' ranks to exactly the uninterrupted result."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -59,6 +61,12 @@ def test_params_crc_is_the_same_on_every_world_size(tmp_path, one_rank, ranks):
     assert got == want
     a, b = params(one_rank / "checkpoints/last.h5"), params(tmp_path / "run/checkpoints/last.h5")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # `distnn evaluate --json` names the same CRC-32 for the checkpoint of the finished state.
+    out = run(["evaluate", str(tmp_path / "run/checkpoints/last.h5"), "--json"], ranks=ranks)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["params_crc"] == want[0][-1][2]
+    assert (report["loss"], report["accuracy"], report["n"]) == want[1][0]
 
 
 @pytest.mark.parametrize("first, then", [(4, 2), (2, 3)])

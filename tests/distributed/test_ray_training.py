@@ -193,20 +193,24 @@ def test_killed_actor_is_replaced_and_resumes_bit_identical(head, tmp_path):
 
 @pytest.mark.parametrize("first,then", [("mpi", "ray"), ("ray", "mpi")])
 def test_checkpoint_moves_between_mpi_and_ray(head, tmp_path, first, then):
-    """Epoch 1 on one backend, epoch 2 resumed from its last.h5 on the other: bit-identical to
-    2 epochs in one go (constant learning rate, so the epoch count changes nothing else)."""
+    """Epoch 1 on one backend, epoch 2 resumed from its last.h5 on the other, on another number
+    of workers (3 MPI ranks, 2 Ray actors): with train.invariant, bit-identical to 2 epochs in
+    one process (constant learning rate, so the epoch count changes nothing else)."""
     mpiexec()
-    cfg = write_config(tmp_path / "c.yaml", train={"epochs": 2, "global_batch": 32})
+    cfg = write_config(tmp_path / "c.yaml", train={"epochs": 2, "global_batch": 32,
+                                                   "invariant": True})
 
     def train(backend, rd, *extra):
         if backend == "mpi":
-            out = run(["train", str(cfg), "--run-dir", str(rd), *extra], ranks=2)
+            out = run(["train", str(cfg), "--run-dir", str(rd), *extra], ranks=3)
+        elif backend == "local":
+            out = run(["train", str(cfg), "--run-dir", str(rd), *extra])
         else:
             out = ray_train(head, cfg, rd, *extra)
         assert out.returncode == 0, out.stdout + out.stderr
         return out
 
-    train(first, tmp_path / "straight")
+    train("local", tmp_path / "straight")
     rd = tmp_path / "moved"
     train(first, rd, "--set", "train.epochs=1")
     train(then, rd, "--resume", "auto", "--set", "train.epochs=2")
