@@ -123,6 +123,9 @@ def model_errors(context: str = "") -> Iterator[None]:
         raise ConfigError(f"model: {exc}{context}") from None
 
 
+MAX_GROUPS = 4096  # train.groups: each group costs a gradient row and metric slots per step
+
+
 def from_dict(raw: dict) -> Config:
     """A validated Config from nested plain data (missing keys take their defaults).
 
@@ -148,6 +151,8 @@ def from_dict(raw: dict) -> Config:
         with model_errors():
             nn.build_layers(cfg.model)
     t = cfg.train
+    if t.groups > MAX_GROUPS:
+        raise ConfigError(f"train.groups: {t.groups}, expected at most {MAX_GROUPS}")
     if t.invariant and t.grad_accum > t.groups:
         raise ConfigError(f"train.grad_accum: {t.grad_accum} micro-batches of train.groups "
                           f"{t.groups} groups; expected grad_accum <= groups (each micro-batch "

@@ -20,6 +20,7 @@ from distnn.data.sampler import (
     eval_indices,
     group_plan,
     micro_counts,
+    micro_shares,
     split_bounds,
 )
 from distnn.data.transforms import RandomCropFlip, compute_normalization, to_float
@@ -30,5 +31,5 @@ __all__ = [
     "ArrayDataset", "BatchIterator", "CorruptFileError", "DATASETS", "DataError", "Dataset",
     "DatasetNotFoundError", "H5Dataset", "RandomCropFlip", "ShardSampler", "UnsafePickleError",
     "compute_normalization", "eval_indices", "get_dataset", "group_plan", "micro_counts",
-    "prepare_batch", "resolve_data_dir", "split_bounds", "to_float", "write_h5",
+    "micro_shares", "prepare_batch", "resolve_data_dir", "split_bounds", "to_float", "write_h5",
 ]

@@ -49,6 +49,19 @@ def group_plan(count: int, groups: int, accum: int, world_size: int,
     return plan
 
 
+def micro_shares(count: int, accum: int, world_size: int, rank: int) -> list[tuple[int, int]]:
+    """The plain step's cut of a global batch of `count`: `accum` contiguous micro-batches as
+    even as possible, each shared by the ranks in rank order; rank `rank`'s [start, stop) in
+    each. Micro-batch i is the same samples on any number of ranks (what a synced BatchNorm
+    normalises over); with accum 1, the rank's share of the whole batch."""
+    out = []
+    for micro in range(accum):
+        first, stop = split_bounds(count, accum, micro)
+        lo, hi = split_bounds(stop - first, world_size, rank)
+        out.append((first + lo, first + hi))
+    return out
+
+
 def micro_counts(count: int, groups: int, accum: int) -> list[int]:
     """Samples in each micro-batch of a global batch of `count` (see group_plan)."""
     out = []
@@ -72,7 +85,8 @@ class ShardSampler:
     world_size; seed: fixes the permutation with the epoch (set_epoch); shuffle=False keeps
     index order; drop_last: drop the last partial global batch (see the module docstring).
     groups > 0: the rank takes its groups of every batch (group_plan with `accum`
-    micro-batches), and global_batch need not be divisible by world_size.
+    micro-batches), and global_batch need not be divisible by world_size; else its share of each
+    of the `accum` micro-batches (micro_shares).
     """
 
     def __init__(self, num_samples: int, global_batch: int, rank: int, world_size: int,
@@ -138,9 +152,10 @@ class ShardSampler:
         if self.groups:
             plan = group_plan(len(batch), self.groups, self.accum, self.world_size, self.rank)
             parts = [batch[a:b] for micro in plan for _, a, b in micro]
-            return np.concatenate(parts) if parts else batch[:0]
-        start, stop = split_bounds(len(batch), self.world_size, self.rank)
-        return batch[start:stop]
+        else:
+            parts = [batch[a:b] for a, b in micro_shares(len(batch), self.accum,
+                                                          self.world_size, self.rank)]
+        return np.concatenate(parts) if parts else batch[:0]
 
     def __len__(self) -> int:
         return self.steps_per_epoch

@@ -99,14 +99,13 @@ def _launch(args: argparse.Namespace, cfg: Config, workers: WorkerRange, max_fai
                 group = _Group(pg, size, signals, grow_to=workers.high)
                 ended = group.run(cfg, run_dir, resume)
                 resume = "auto"
-                if isinstance(ended, Outcome) and group.growing \
+                if isinstance(ended, Outcome) and group.growing and not group.stop_asked \
                         and ended.exit_code == ExitCode.RESUMABLE:
                     remove_placement_group(pg)
-                    grown = min(workers.high, size + group.growing)
-                    log(f"elastic: growing from {size} to {grown} workers, resuming from "
+                    size, pg = _regrow(size, min(workers.high, size + group.growing), where,
+                                       cfg.comm.replace_timeout)
+                    log(f"elastic: restarting on {size} workers, resuming from "
                         f"{_resume_point(run_dir)}")
-                    size = grown
-                    pg = reserve(size, where)
                     continue
                 if isinstance(ended, Outcome):
                     report(ended)
@@ -127,12 +126,26 @@ def _launch(args: argparse.Namespace, cfg: Config, workers: WorkerRange, max_fai
                         shrink = (f" (elastic: no CPU for a replacement within "
                                   f"comm.replace_timeout {cfg.comm.replace_timeout:g} s)")
                     size = left
-                    pg = reserve(size, where)
+                    try:
+                        pg = reserve(size, where, cfg.comm.replace_timeout or READY_TIMEOUT)
+                    except BadInput as exc:  # the CPUs went again in between
+                        log(f"{ended}; {exc}: giving up")
+                        return ExitCode.FAILED
                 log(f"{ended}; restarting the worker group ({failures} of --max-failures "
                     f"{max_failures}) on {size} workers{shrink}, resuming from "
                     f"{_resume_point(run_dir)}")
     finally:
         remove_placement_group(pg)
+
+
+def _regrow(size: int, grown: int, where: str, timeout: float) -> tuple[int, PlacementGroup]:
+    """A placement group for `grown` workers, else (the free CPUs were taken in between) for the
+    `size` the group had."""
+    try:
+        return grown, reserve(grown, where, timeout or READY_TIMEOUT)
+    except BadInput as exc:
+        log(f"elastic: {exc}; staying at {size} workers")
+        return size, reserve(size, where)
 
 
 class _Signals:
@@ -168,6 +181,7 @@ class _Group:
     def __init__(self, pg: PlacementGroup, workers: int, signals: _Signals, grow_to: int):
         self.workers, self.signals, self.grow_to = workers, signals, grow_to
         self.growing = 0  # free CPUs seen when it was asked to stop to restart larger
+        self.stop_asked = False  # a signal to the driver: the job stops (no growing then)
         self.rendezvous, _ = create_group(workers)
         actor_cls = ray.remote(num_cpus=1, max_restarts=0)(Worker)
         # Actor handles: Ray's stubs do not know the remote methods of a wrapped class.
@@ -202,8 +216,9 @@ class _Group:
             ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             if self.signals.pending:
                 self.signals.pending = False
+                self.stop_asked = True
                 self._forward_signal("signal received")
-            elif self.workers < self.grow_to and not self.growing:
+            elif self.workers < self.grow_to and not self.growing and not self.stop_asked:
                 self.growing = free_cpus()
                 if self.growing:
                     self._forward_signal(f"elastic: {self.growing} CPU(s) free, growing")

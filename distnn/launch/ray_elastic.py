@@ -59,6 +59,12 @@ def worker_range(given: str | None, cfg: Config) -> WorkerRange:
     if low < high and not cfg.train.invariant:
         raise BadInput(f"{what}: an elastic range needs train.invariant: true (the plain step "
                        f"computes other numbers on another number of workers)")
+    per_rank = [i for i, spec in enumerate(cfg.model)
+                if spec.get("type") == "batchnorm" and spec.get("sync") is False]
+    if low < high and per_rank:
+        raise BadInput(f"{what}: an elastic range needs synced BatchNorm, but layer "
+                       f"{per_rank[0]} has sync: false (per-worker statistics change with the "
+                       f"number of workers)")
     return WorkerRange(low, high)
 
 

@@ -92,6 +92,9 @@ def grid(max_bits: np.ndarray, groups: int, dtype=np.float32) -> tuple[np.ndarra
     top = max_bits.view(dtype).astype(np.float64)
     _, exp = np.frexp(top)  # top < 2**exp
     t = headroom(groups)
+    # float64 rows only: a bucket below 2**(t - 1023) takes the grid of 2**(t - 1023) (the
+    # largest finite scale; its values then keep fewer bits, the same way on every rank).
+    exp = np.maximum(exp, t - 1023)
     scale = np.ldexp(1.0, t - exp)
     step = np.ldexp(1.0, exp - t)
     bad = max_bits >= _BITS[np.dtype(dtype)][2]

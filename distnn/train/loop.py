@@ -186,13 +186,18 @@ class Coordinator:
 
     # -- end of epoch ---------------------------------------------------------------------------
     def sync_state(self) -> None:
-        """Average the non-trained state (BatchNorm running statistics) so every replica and
-        the checkpoint hold the same values (a synced BatchNorm keeps them equal already: nothing
-        to do). Collective: all ranks must call."""
-        synced = all(getattr(layer, "sync", True) for layer in self.model.layers)
-        if self.model.state.size and self.comm.size > 1 and not synced:
-            self.comm.allreduce_(self.model.state)
-            self.model.state /= self.comm.size
+        """Average the running statistics of every BatchNorm layer that keeps per-rank
+        statistics (`sync: false`), so every replica and the checkpoint hold the same values (a
+        synced layer's are equal everywhere already). Collective: all ranks must call."""
+        own = [arr for layer in self.model.layers if getattr(layer, "sync", True) is False
+               for arr in layer.s.values()]
+        if own and self.comm.size > 1:
+            flat = np.concatenate([arr.ravel() for arr in own])
+            self.comm.allreduce_(flat)
+            flat /= self.comm.size
+            for arr in own:
+                arr.ravel()[...] = flat[:arr.size]
+                flat = flat[arr.size:]
 
     def validate(self, lr: float) -> dict:
         """Score the validation split and log it. Collective: all ranks must call."""

@@ -127,7 +127,7 @@ def build_parts(cfg: Config, comm, resume_snap) -> Parts:
     t = cfg.train
     sampler = ShardSampler(len(splits.train), t.global_batch, comm.rank, comm.size, cfg.seed,
                            shuffle=True, drop_last=False, groups=t.groups if t.invariant else 0,
-                           accum=t.grad_accum)
+                           accum=t.grad_accum)  # the rank's shares of every micro-batch
     return Parts(splits, model, build_optimizer(cfg, model), build_schedule(cfg), norm, sampler)
 
 

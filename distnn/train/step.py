@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distnn.data import split_bounds
+from distnn.data import micro_shares, split_bounds
 from distnn.nn.jit import njit
 from distnn.nn.lockstep import Group, Lockstep
 from distnn.nn.regularize import BatchNorm, Dropout, sample_keys
@@ -102,12 +102,17 @@ class DataParallelStep:
 
     def _with_batchnorm(self, x, y, global_count: int, step: int,
                         indices) -> tuple[float, int]:
-        """Every rank runs grad_accum micro-batches (some maybe empty), all ranks' micro-batch i
-        together being the global micro-batch i whose statistics a synced BatchNorm takes
-        (summed over ranks with one small allreduce per BatchNorm layer and pass)."""
+        """Every rank runs grad_accum micro-batches (some maybe empty): x holds the rank's shares
+        of the global micro-batches (data.micro_shares, as ShardSampler(accum=...) gives them),
+        and micro-batch i of every rank together is the global micro-batch i whose statistics a
+        synced BatchNorm takes (summed over ranks, one small allreduce per layer and pass)."""
         model, comm, parts, lockstep = self.model, self.comm, self.grad_accum, self.lockstep
         assert lockstep is not None  # a model with BatchNorm
-        shares = [split_bounds(global_count, comm.size, r) for r in range(comm.size)]
+        mine = micro_shares(global_count, parts, comm.size, comm.rank)
+        if sum(b - a for a, b in mine) != len(y):
+            raise ValueError(f"{len(y)} samples on rank {comm.rank}, expected "
+                             f"{sum(b - a for a, b in mine)}: its shares of the {parts} "
+                             f"micro-batches of {global_count} (ShardSampler(accum=...))")
 
         def reduce(table: np.ndarray, sync: bool) -> np.ndarray:
             total = np.zeros(table.shape[1:], np.float64)
@@ -115,13 +120,10 @@ class DataParallelStep:
                 total += row
             return comm.allreduce_(total) if sync else total
 
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct, a = 0.0, 0, 0
         for i in range(parts):
-            a, b = split_bounds(len(y), parts, i)
-            count = 0
-            for lo, hi in shares:
-                first, last = split_bounds(hi - lo, parts, i)
-                count += last - first
+            lo, hi = split_bounds(global_count, parts, i)
+            count, b = hi - lo, a + mine[i][1] - mine[i][0]
             groups = [Group(x[a:b], y[a:b], indices[a:b], model.grads)] if b > a else []
             if not groups:
                 model.grads[...] = 0.0
@@ -137,6 +139,7 @@ class DataParallelStep:
                     self.acc[...] = model.grads
                 else:
                     self.acc += model.grads
+            a = b
         if self.acc is not None:
             model.grads[...] = self.acc
         return loss_sum, correct

@@ -1,6 +1,6 @@
-"""Issue 12 on real Ray: the same bits on 1 and 3 workers, and an elastic job (`--workers
-MIN:MAX`) that loses a node, goes on with the survivors and grows back, to the bits of a run that
-never lost a worker.
+"""Issue 12 on real Ray: the same bits on 1 and 3 workers, and an elastic job (`--workers 2:4`
+on 3 CPUs) that loses a node, goes on with the survivors and grows back, to the bits of a run
+that never lost a worker.
 
 The module starts its own two-node Ray cluster on this machine: a head with 2 CPUs and a worker
 node (`ray start --address ... --block`) with 1 CPU, so 3 workers span both nodes, and stopping
@@ -146,12 +146,13 @@ def test_elastic_job_loses_a_node_goes_on_and_grows_back_to_the_same_bits(cluste
     with log.open("w") as fh:
         proc = subprocess.Popen(
             [sys.executable, str(script), "train", str(cfg), "--run-dir", str(rd), "--backend",
-             "ray", "--workers", "2:3", "--address", head.address, "--max-failures", "1",
+             "ray", "--workers", "2:4", "--address", head.address, "--max-failures", "1",
              "--set", "comm.replace_timeout=2"], stdout=fh, stderr=subprocess.STDOUT,
             env=ray_env())
     try:
         text = log.read_text
-        wait_for(lambda: "elastic: starting on 3 workers (2 to 3)" in text(), 120, "3 workers")
+        # 3 CPUs for at most 4 workers: it starts on 3
+        wait_for(lambda: "elastic: starting on 3 workers (2 to 4)" in text(), 120, "3 workers")
         wait_for(lambda: (rd / "metrics.jsonl").exists() and any(
             m.get("step", 0) >= 20 for m in metrics(rd)), 120, "step 20")
         nodes[0].lose()  # the node of one worker goes away, with its CPU
@@ -165,7 +166,7 @@ def test_elastic_job_loses_a_node_goes_on_and_grows_back_to_the_same_bits(cluste
     out = log.read_text()
     assert proc.returncode == 0, out
     assert "died" in out and "elastic: 1 CPU(s) free, growing: asking rank 0" in out, out
-    assert "elastic: growing from 2 to 3 workers" in out, out
+    assert "elastic: restarting on 3 workers" in out, out
     a, b = params(straight / "checkpoints/last.h5"), params(rd / "checkpoints/last.h5")
     assert all(np.array_equal(a[k], b[k]) for k in a)
     # Steps redone after a restart log their lines again, with the same parameters.
@@ -195,3 +196,14 @@ def test_a_bad_worker_range_is_one_clear_error(tmp_path, args, message):
     assert out.stderr.strip().splitlines()[-1].endswith(message), out.stderr
     assert out.stderr.count("error:") == 1, out.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_an_elastic_range_with_per_worker_batchnorm_is_one_clear_error(tmp_path):
+    model = [dict(spec, sync=False) if spec["type"] == "batchnorm" else spec for spec in MODEL]
+    cfg = write_config(tmp_path / "c.yaml", model=model, train=TRAIN)
+    out = distnn(["train", str(cfg), "--backend", "ray", "--workers", "1:2", "--run-dir",
+                  str(tmp_path / "r")], timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1].endswith(
+        "--workers 1:2: an elastic range needs synced BatchNorm, but layer 1 has sync: false "
+        "(per-worker statistics change with the number of workers)"), out.stderr

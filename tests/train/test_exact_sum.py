@@ -116,3 +116,12 @@ def test_one_group_at_the_top_of_the_grid_rounds_correctly():
     row = np.array([[np.nextafter(np.float32(2.0), np.float32(0)), 1.0, -3.5e-8]], np.float32)
     np.testing.assert_array_equal(exact(row), row[0])
     assert headroom(1) == 51 and headroom(16) == 47 and headroom(17) == 46
+
+
+def test_float64_rows_far_below_one_stay_finite_and_deterministic():
+    rows = np.array([[1e-300, 0.0, 0.0], [0.0, 2e-300, 0.0]])
+    out = np.empty(3)
+    ExactSum(3, 2, LocalCommunicator(), dtype=np.float64)(rows, out)
+    assert np.isfinite(out).all()
+    # Below 2**(T - 1023) the grid stops shrinking: 1e-300 keeps about 2**26 steps.
+    np.testing.assert_allclose(out, [1e-300, 2e-300, 0.0], rtol=1e-7)

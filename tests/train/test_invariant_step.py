@@ -171,3 +171,29 @@ def test_more_micro_batches_than_groups_is_one_clear_error():
                                           r"groups; expected grad_accum <= groups"):
         from_dict({"train": {"groups": 4, "grad_accum": 5, "invariant": True}})
     from_dict({"train": {"groups": 4, "grad_accum": 5, "invariant": False}})
+    with pytest.raises(ConfigError, match=r"^train.groups: 4097, expected at most 4096$"):
+        from_dict({"train": {"groups": 4097}})
+
+
+def test_the_plain_step_syncs_batchnorm_over_global_micro_batches_on_any_world_size():
+    """The plain step is not bitwise invariant, but with SyncBatchNorm and grad_accum each
+    micro-batch is the same samples on any number of ranks: only float rounding differs."""
+    from distnn.train.step import DataParallelStep
+
+    def plain(comm, accum):
+        model = Sequential(CONV_BN_DROP, (8, 8, 2), seed=3, extra_grad_slots=EXTRA_SLOTS)
+        step = DataParallelStep(model, make_optimizer("momentum", mu=0.9), comm,
+                                grad_accum=accum, seed=5)
+        sampler = ShardSampler(N_SAMPLES, 20, comm.rank, comm.size, 0, accum=accum)
+        for t in range(sampler.steps_per_epoch):
+            idx = sampler.local_indices(t)
+            step(X[idx], Y[idx], len(sampler.global_indices(t)), 0.05, False, step=t,
+                 indices=idx)
+        return model.params.copy(), model.state.copy()
+
+    for accum in (1, 3):
+        (p1, s1), = run_ranks(1, lambda c, a=accum: plain(c, a))
+        for n in (2, 4):
+            for p, s in run_ranks(n, lambda c, a=accum: plain(c, a)):
+                np.testing.assert_allclose(p, p1, rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(s, s1, rtol=1e-4, atol=1e-5)
