@@ -75,11 +75,11 @@ class Lockstep:
             rep.layers[i].g[name] = grads[off:off + int(np.prod(shape))].reshape(shape)
 
     def run(self, groups: Sequence[Group], count: int, denom: int, step: int, seed: int,
-            reduce: Reduce, loss: str = "softmax") -> list[tuple[float, int]]:
+            reduce: Reduce, loss: str) -> list[tuple[float, int]]:
         """Forward and backward of every group, training mode. `count`: samples of the batch
         (all groups, all ranks) a synced BatchNorm normalises over (one that does not sync: this
-        rank's groups); `denom`: what divides the summed loss. Returns each group's (loss sum /
-        denom, correct). Collective when a BatchNorm layer syncs (see `reduce`). `step` and
+        rank's groups); `denom`: what divides the summed loss of kind `loss` (a key of LOSSES).
+        Returns each group's (loss sum / denom, correct). Collective when a BatchNorm layer syncs (see `reduce`). `step` and
         `seed` key the dropout masks."""
         fn = LOSSES[loss]
         local = sum(len(grp.y) for grp in groups)

@@ -41,8 +41,8 @@ def train(comm, specs=CONV_BN_DROP, accum=1, groups=8, epochs=2, l2=1e-3, dtype=
         sampler.set_epoch(epoch)
         for i in range(sampler.steps_per_epoch):
             idx = sampler.local_indices(i)
-            res = step(X[idx], Y[idx], len(sampler.global_indices(i)), 0.05, False, step=t,
-                       indices=idx)
+            res = step(X[idx].astype(dtype), Y[idx], len(sampler.global_indices(i)), 0.05,
+                       False, step=t, indices=idx)
             losses.append((res.loss, res.correct, res.count))
             t += 1
     return zlib.crc32(model.params.tobytes()), zlib.crc32(model.state.tobytes()), losses
@@ -56,6 +56,13 @@ def test_every_step_is_bit_identical_on_1_to_5_ranks(accum):
         for rank, got in enumerate(per_rank):
             assert got == one, (n, rank)
     assert [c for _, _, c in one[2]] == [30, 30, 30, 10] * 2
+
+
+def test_a_float64_model_with_batchnorm_gives_the_same_bits_on_1_to_4_ranks():
+    # BatchNorm sums travel in per-group slots: a rank writing another's slots shows here.
+    runs = {n: run_ranks(n, lambda comm: train(comm, accum=2, epochs=1, dtype=np.float64))
+            for n in (1, 2, 4)}
+    assert all(got == runs[1][0] for per_rank in runs.values() for got in per_rank)
 
 
 def test_thread_count_changes_no_bit():

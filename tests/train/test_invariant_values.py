@@ -118,3 +118,22 @@ def test_the_smallest_subnormals_sum_exactly():
     out = np.empty(3, np.float32)
     ExactSum(3, 2, LocalCommunicator())(tiny, out)
     np.testing.assert_array_equal(out.view(np.int32), [4, 2, 1])
+
+
+def test_a_bucket_whose_largest_value_is_the_smallest_subnormal():
+    tiny = np.array([[1, 0], [1, 1]], np.int32).view(np.float32)
+    out = np.empty(2, np.float32)
+    ExactSum(2, 2, LocalCommunicator())(tiny, out)
+    np.testing.assert_array_equal(out.view(np.int32), [2, 1])
+
+
+def test_the_defaults_are_16_groups_seed_0_step_0_and_softmax():
+    def grads(**kw):
+        model = Sequential(DROP_NET, (6, 6, 2), seed=2, extra_grad_slots=EXTRA_SLOTS)
+        InvariantStep(model, make_optimizer("sgd"), LocalCommunicator(), **kw)(
+            X[:BATCH].astype(np.float32), Y[:BATCH], BATCH, 0.0, False, apply=False,
+            **({"step": 0} if kw else {}))
+        return model.grads.copy()
+
+    np.testing.assert_array_equal(grads(), grads(groups=16, seed=0, loss="softmax"))
+    assert not np.array_equal(grads(), grads(groups=16, seed=1))
