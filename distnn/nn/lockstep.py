@@ -79,8 +79,8 @@ class Lockstep:
         """Forward and backward of every group, training mode. `count`: samples of the batch
         (all groups, all ranks) a synced BatchNorm normalises over (one that does not sync: this
         rank's groups); `denom`: what divides the summed loss of kind `loss` (a key of LOSSES).
-        Returns each group's (loss sum / denom, correct). Collective when a BatchNorm layer syncs (see `reduce`). `step` and
-        `seed` key the dropout masks."""
+        Returns each group's (loss sum / denom, correct). Collective when a BatchNorm layer
+        syncs (see `reduce`). `step` and `seed` key the dropout masks."""
         fn = LOSSES[loss]
         local = sum(len(grp.y) for grp in groups)
         reps = [self._replica(j) for j in range(len(groups))]
