@@ -43,6 +43,7 @@ from distnn.launch.ray_elastic import (
     WorkerRange,
     free_cpus,
     reserve,
+    start_size,
     wait_for_cpus,
     worker_range,
 )
@@ -86,7 +87,7 @@ def _launch(args: argparse.Namespace, cfg: Config, workers: WorkerRange, max_fai
     where = f"the Ray cluster at {address}" if address else "the local Ray"
     size = workers.high
     if workers.elastic:
-        size = wait_for_cpus(workers.high, workers.low, READY_TIMEOUT)
+        size = start_size(workers.low, workers.high, READY_TIMEOUT)
         if not size:
             raise BadInput(f"fewer than MIN {workers.low} CPUs free on {where} within "
                            f"{READY_TIMEOUT:g} s")

@@ -1,10 +1,10 @@
 """How many Ray workers a job runs on: `--workers N` (fixed) or `--workers MIN:MAX` (elastic).
 
-Elastic: the job starts on as many workers as there are free CPUs, up to MAX (at least MIN,
-waiting for them up to READY_TIMEOUT). When a worker dies and no CPU appears for a replacement
-within `comm.replace_timeout` seconds, the group restarts on the CPUs that are left (if at
-least MIN) from the last checkpoint; while it runs on fewer than MAX, the driver watches for
-free CPUs and, when some appear, has the group checkpoint at its next step and restarts it
+Elastic: the job starts on as many workers as there are free CPUs, up to MAX, once at least MIN
+are free (waiting for them up to READY_TIMEOUT). When a worker dies and no CPU appears for a
+replacement within `comm.replace_timeout` seconds, the group restarts on the CPUs that are left
+(if at least MIN) from the last checkpoint; while it runs on fewer than MAX, the driver watches
+for free CPUs and, when some appear, has the group checkpoint at its next step and restarts it
 larger. The invariant step (train.invariant) makes each of these restarts change no bit of the
 result, which is why an elastic range needs it.
 """
@@ -86,6 +86,20 @@ def reserve(count: int, where: str, timeout: float = READY_TIMEOUT) -> Placement
         raise BadInput(f"could not reserve {count} CPUs on {where} within {timeout:g} s "
                        f"(other jobs hold them? `ray status` shows the usage)") from None
     return pg
+
+
+def start_size(low: int, high: int, timeout: float) -> int:
+    """Workers to start an elastic job on: as many as there are free CPUs, up to `high`, as
+    soon as at least `low` are free (more CPUs later make the group grow); 0 if fewer than `low`
+    are free within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        free = free_cpus()
+        if free >= low:
+            return min(high, free)
+        if time.monotonic() >= deadline:
+            return 0
+        time.sleep(POLL)
 
 
 def wait_for_cpus(want: int, low: int, timeout: float) -> int:

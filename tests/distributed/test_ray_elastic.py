@@ -38,9 +38,11 @@ class Node:
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=ray_env(),
             start_new_session=True)
 
-    def wait_joined(self, cpus: int, timeout=90):
+    def wait_joined(self, cpus: int, timeout=90, free: bool = False):
+        """Until the cluster has `cpus` CPUs (`free`: that many not in use)."""
+        which = "available_resources" if free else "cluster_resources"
         probe = (f"import ray; ray.init(address='{self.head.address}', logging_level='ERROR'); "
-                 f"print(int(ray.cluster_resources().get('CPU', 0)))")
+                 f"print(int(ray.{which}().get('CPU', 0)))")
 
         def joined():
             if self.proc.poll() is not None:
@@ -143,6 +145,7 @@ def test_elastic_job_loses_a_node_goes_on_and_grows_back_to_the_same_bits(cluste
     assert out.returncode == 0, out.stderr
     script, log, rd = tmp_path / "slow.py", tmp_path / "driver.log", tmp_path / "elastic"
     script.write_text(SLOW_WHEN_SMALL)
+    nodes[0].wait_joined(3, free=True)  # the runs before have given their CPUs back
     with log.open("w") as fh:
         proc = subprocess.Popen(
             [sys.executable, str(script), "train", str(cfg), "--run-dir", str(rd), "--backend",
