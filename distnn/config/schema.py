@@ -48,7 +48,7 @@ class TrainConfig:
     clip_grad_norm: float = 0.0  # clip the global gradient norm to this (0: off)
     threads: int = 0  # threads per rank for the layers (0: cores / ranks, at least 1)
     # true: the same parameters, to the bit, on any number of ranks (distnn/train/invariant.py),
-    # about 20 % slower on the cifar net (benchmarks/invariant_step.py); false: the plain step
+    # 20-35 % slower on the cifar net (benchmarks/invariant_step.py); false: the plain step
     # (each rank's shard in one pass, a float32 allreduce).
     invariant: bool = False
     groups: int = 16  # groups of every global batch in the invariant step: at most this many ranks
