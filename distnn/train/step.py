@@ -16,6 +16,7 @@ from distnn.nn.jit import njit
 from distnn.nn.lockstep import Group, Lockstep
 from distnn.nn.regularize import BatchNorm, Dropout, sample_keys
 from distnn.train.errors import ReplicaMismatch
+from distnn.train.exact import gather_sum
 
 # Scalars reduced in the same allreduce as the gradients (trailing slots of model.grad_buffer).
 LOSS, CORRECT, COUNT, STOP = range(4)
@@ -89,16 +90,21 @@ class DataParallelStep:
             value, scores = model.forward_backward(x[sl], y[sl], self.loss, self.l2, global_count)
             loss_sum += value
             correct += int(np.count_nonzero(scores.argmax(axis=1) == y[sl]))
-            if self.acc is not None:
-                if i == 0:
-                    self.acc[...] = model.grads
-                else:
-                    self.acc += model.grads
+            self._accumulate(i)
         for _, layer in self.dropouts:  # the model's own forward draws from its generator again
             layer.keys = None
         if self.acc is not None:
             model.grads[...] = self.acc
         return loss_sum, correct
+
+    def _accumulate(self, micro: int) -> None:
+        """Add the micro-batch's gradient (in model.grads) to the step's (grad_accum > 1)."""
+        if self.acc is None:
+            return
+        if micro == 0:
+            self.acc[...] = self.model.grads
+        else:
+            self.acc += self.model.grads
 
     def _with_batchnorm(self, x, y, global_count: int, step: int,
                         indices) -> tuple[float, int]:
@@ -115,9 +121,7 @@ class DataParallelStep:
                              f"micro-batches of {global_count} (ShardSampler(accum=...))")
 
         def reduce(table: np.ndarray, sync: bool) -> np.ndarray:
-            total = np.zeros(table.shape[1:], np.float64)
-            for row in table:
-                total += row
+            total = gather_sum(table, 0, len(table), None)  # this rank's one row, if any
             return comm.allreduce_(total) if sync else total
 
         loss_sum, correct, a = 0.0, 0, 0
@@ -134,11 +138,7 @@ class DataParallelStep:
                     value += self.l2 * share * model.add_l2_(self.l2 * share)
                 loss_sum += value
                 correct += right
-            if self.acc is not None:
-                if i == 0:
-                    self.acc[...] = model.grads
-                else:
-                    self.acc += model.grads
+            self._accumulate(i)
             a = b
         if self.acc is not None:
             model.grads[...] = self.acc
