@@ -15,12 +15,13 @@ import abc
 import numbers
 import os
 import pickle
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 import numpy as np
+
+from distnn import console
 
 OPS = ("sum", "max", "min")
 
@@ -153,7 +154,7 @@ class Communicator(abc.ABC):
 
     def _print_abort(self, message: str) -> None:
         """Print an abort's `message` to stderr, naming this rank (the first half of `abort`)."""
-        print(f"distnn: rank {self.rank} of {self.size}: {message}", file=sys.stderr)
+        console.err(f"distnn: rank {self.rank} of {self.size}: {message}")
 
     def _abort_timeout(self, what: str, buf: np.ndarray | None) -> NoReturn:
         """Abort the job: collective `what` (on `buf`, None for a barrier) waited past timeout."""

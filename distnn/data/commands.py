@@ -6,9 +6,9 @@ Exit codes: 0 success, 1 a dataset is missing or fails a check, 2 bad arguments.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
+from distnn import console
 from distnn.data import catalog
 from distnn.data.datasets import get_dataset
 from distnn.data.errors import DataError
@@ -49,8 +49,8 @@ def _specs(names):
     specs = [catalog.lookup(n) for n in names]
     unknown = [n for n, s in zip(names, specs, strict=True) if s is None]
     if unknown:
-        print(f"distnn data: unknown dataset(s) {', '.join(unknown)}; expected "
-              f"{', '.join(catalog.SPECS)}", file=sys.stderr)
+        console.err(f"distnn data: unknown dataset(s) {', '.join(unknown)}; expected "
+                    f"{', '.join(catalog.SPECS)}")
         return None
     return specs
 
@@ -121,7 +121,7 @@ def cmd_download(args) -> int:
                 verify_md5(folder / f.name, f.md5)
             print(f"{spec.name}: OK in {folder}")
         except DataError as exc:
-            print(f"{spec.name}: FAILED {exc}", file=sys.stderr)
+            console.err(f"{spec.name}: FAILED {exc}")
             failed = True
     return ExitCode.FAILED if failed else ExitCode.OK
 
@@ -136,7 +136,7 @@ def cmd_convert(args) -> int:
         splits = {s: get_dataset(spec.name, s, args.data_dir, verify=not args.no_verify)
                   for s in spec.splits}
     except DataError as exc:
-        print(f"distnn data convert: {exc}", file=sys.stderr)
+        console.err(f"distnn data convert: {exc}")
         return ExitCode.FAILED
     provenance = "\n".join(ds.provenance for ds in splits.values())
     path = write_h5(args.out, splits, spec.name, provenance)

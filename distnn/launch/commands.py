@@ -15,6 +15,7 @@ import socket
 import sys
 from pathlib import Path
 
+from distnn import console
 from distnn.comm import (
     BACKENDS,
     INSTALL_HINTS,
@@ -77,14 +78,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
-        print(f"distnn train: {one_line(exc)}", file=sys.stderr)
+        console.err(f"distnn train: {one_line(exc)}")
         return ExitCode.BAD_INPUT
     backend = args.backend or cfg.comm.backend
     backend = detect_backend() if backend == "auto" else backend
     if backend == "ray":  # this process is the Ray driver; the actors run run_worker
         if importlib.util.find_spec("ray") is None:
-            print(f"distnn train: the 'ray' backend needs ray, which is not installed: "
-                  f"{INSTALL_HINTS['ray']}", file=sys.stderr)
+            console.err(f"distnn train: the 'ray' backend needs ray, which is not installed: "
+                        f"{INSTALL_HINTS['ray']}")
             return ExitCode.BAD_INPUT
         from distnn.launch import ray_driver  # imports ray: only when chosen
 
@@ -108,7 +109,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate_checkpoint(Path(args.checkpoint), comm, args.dataset, args.split,
                                      args.data_dir)
     except (CheckpointError, DataError) as exc:
-        print(f"distnn evaluate: {one_line(exc)}", file=sys.stderr)
+        console.err(f"distnn evaluate: {one_line(exc)}")
         return ExitCode.BAD_INPUT
     if comm.rank == 0:
         if args.json:

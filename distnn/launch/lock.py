@@ -14,10 +14,10 @@ import fcntl
 import json
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
+from distnn import console
 from distnn.config import ConfigError
 
 LOCK_NAME = "distnn.lock"
@@ -52,8 +52,8 @@ class RunDirLock:
                               f"--run-dir") from None
         previous = _read(fd)
         if previous.get("pid") not in (None, os.getpid()):
-            print(f"distnn: warning: taking over the stale lock of {_describe(previous)} "
-                  f"in {run_dir}: that process no longer holds it", file=sys.stderr, flush=True)
+            console.err(f"distnn: warning: taking over the stale lock of {_describe(previous)} "
+                        f"in {run_dir}: that process no longer holds it")
         _write(fd, {"host": socket.gethostname(), "pid": os.getpid(),
                     "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
         return cls(path, fd, created)

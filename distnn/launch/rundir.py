@@ -7,10 +7,10 @@ of which last.h5 links: train/retention.py).
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
+from distnn import console
 from distnn.comm import Communicator
 from distnn.config import Config, ConfigError
 from distnn.launch.lock import RunDirLock
@@ -40,8 +40,8 @@ def _decide(chosen: Path, resume: str | None) -> str | tuple[str, str | None]:
         if skipped and start is None:
             return f"no checkpoint in {folder} passes its checks: {'; '.join(skipped)}"
         if skipped:
-            print(f"distnn train: warning: skipped {'; '.join(skipped)}; resuming from {start}",
-                  file=sys.stderr, flush=True)
+            console.err(f"distnn train: warning: skipped {'; '.join(skipped)}; "
+                        f"resuming from {start}")
     elif resume:
         start = Path(resume)
     elif has_checkpoint(folder):

@@ -4,10 +4,10 @@ a Ray actor), and the single place where an exception becomes an exit code."""
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from distnn import console
 from distnn.comm import Communicator
 from distnn.config import Config, ConfigError, check_world_size
 from distnn.data.errors import DataError
@@ -44,16 +44,16 @@ def run_worker(cfg: Config, comm: Communicator, run_dir: str | None,
     except (ConfigError, CheckpointError, DataError) as exc:
         # Every rank raised the same error (decided on rank 0 and broadcast, or from the same
         # config): exit cleanly, no abort needed.
-        print(f"distnn train [rank {comm.rank}]: {one_line(exc)}", file=sys.stderr, flush=True)
+        console.err(f"distnn train [rank {comm.rank}]: {one_line(exc)}")
         return Outcome(ExitCode.BAD_INPUT, None, None)
     except TrainingDiverged as exc:
         if comm.rank == 0:
-            print(f"distnn train: diverged: {exc}", file=sys.stderr, flush=True)
+            console.err(f"distnn train: diverged: {exc}")
         return Outcome(ExitCode.DIVERGED, None, None)
     except CheckpointWriteError as exc:
         # Rank 0's write failed and it told every rank (train/keeper.py): all end alike.
         if comm.rank == 0:
-            print(f"distnn train: checkpoint write failed: {exc}", file=sys.stderr, flush=True)
+            console.err(f"distnn train: checkpoint write failed: {exc}")
         return Outcome(ExitCode.WRITE_FAILED, None, None)
     return Outcome(result.exit_code, result.run_dir, result.test)
 
@@ -75,8 +75,8 @@ def one_line(message: object, limit: int = LINE_LIMIT) -> str:
 def report(outcome: Outcome) -> None:
     """The run's last line for the user (rank 0 / the driver only)."""
     if outcome.exit_code == ExitCode.RESUMABLE:
-        print(f"stopped by signal after a checkpoint; resume with: distnn train ... "
-              f"--run-dir {outcome.run_dir} --resume auto", file=sys.stderr)
+        console.err(f"stopped by signal after a checkpoint; resume with: distnn train ... "
+                    f"--run-dir {outcome.run_dir} --resume auto")
     elif outcome.test is not None:
         t = outcome.test
         print(f"test accuracy {t['accuracy']:.4f}  loss {t['loss']:.4f}  n {t['n']}  "

@@ -10,9 +10,9 @@ losses, so every rank takes the same branch.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 
+from distnn import console
 from distnn.config import TrainConfig
 from distnn.train.errors import TrainingDiverged
 from distnn.train.state import RunState
@@ -55,6 +55,7 @@ class DivergenceGuard:
                            rollback=new.rollbacks, to_step=new.step, lr_scale=new.lr_scale,
                            diverged_lr=lr)
         if self.is_root:
-            print(f"distnn train: {what} at lr {lr:.4g} diverged: rollback {new.rollbacks} of "
-                  f"{self.cfg.max_rollbacks} to step {new.step}, learning rate scaled by "
-                  f"{new.lr_scale:g}", file=sys.stderr, flush=True)
+            console.err(f"distnn train: {what} at lr {lr:.4g} diverged: "
+                        f"rollback {new.rollbacks} of "
+                        f"{self.cfg.max_rollbacks} to step {new.step}, learning rate scaled by "
+                        f"{new.lr_scale:g}")

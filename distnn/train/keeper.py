@@ -9,13 +9,13 @@ validation loss of the parameters scores them, and they are written at once (`wr
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
+from distnn import console
 from distnn.comm import Communicator
 from distnn.config import Config, to_dict
 from distnn.train import checkpoint as ckpt
@@ -68,13 +68,12 @@ class CheckpointKeeper:
         try:
             removed = retention.remove_stale_temps(self.folder, time.time())
         except OSError as exc:  # not fatal: they are only dead weight
-            print(f"distnn train: warning: could not remove stale temp files in {self.folder}: "
-                  f"{exc}", file=sys.stderr, flush=True)
+            console.err(f"distnn train: warning: could not remove stale temp files "
+                        f"in {self.folder}: {exc}")
             return
         if removed:
-            print(f"distnn train: removed {len(removed)} temp file(s) of an interrupted "
-                  f"checkpoint write: {', '.join(p.name for p in removed)}",
-                  file=sys.stderr, flush=True)
+            console.err(f"distnn train: removed {len(removed)} temp file(s) of an interrupted "
+                        f"checkpoint write: {', '.join(p.name for p in removed)}")
 
     def wants_snapshot(self) -> bool:
         """Whether this rank needs snapshot copies (rank 0 writes them; rollback keeps them)."""

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from distnn import console
+
 
 def _clean(value):
     # JSON has no NaN/inf: write them as strings so every line stays parseable.
@@ -34,9 +36,8 @@ class MetricsLog:
                 fh.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
         except OSError as exc:
             if not self.failed:
-                print(f"distnn train: warning: could not write {self.path}: "
-                      f"{exc.strerror or exc}; its later lines are lost", file=sys.stderr,
-                      flush=True)
+                console.err(f"distnn train: warning: could not write {self.path}: "
+                            f"{exc.strerror or exc}; its later lines are lost")
             self.failed = True
         print(summary_line(record), flush=True)
 

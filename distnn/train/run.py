@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from distnn import console
 from distnn.comm import Communicator
 from distnn.config import Config, save_config
 from distnn.data import ShardSampler, compute_normalization
@@ -143,8 +143,8 @@ def load_best(resume: Path | None, cfg: Config, comm: Communicator) -> ckpt.Snap
         return load_on_root(path if path.exists() else None, list(cfg.model), comm)
     except CheckpointError as exc:
         if comm.rank == 0:
-            print(f"distnn train: warning: {exc}; resuming without it (the best weights so far "
-                  f"are not restored at the end)", file=sys.stderr, flush=True)
+            console.err(f"distnn train: warning: {exc}; resuming without it "
+                        f"(the best weights so far are not restored at the end)")
         return None
 
 
