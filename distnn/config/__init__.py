@@ -26,6 +26,7 @@ from distnn.config.schema import (
     ConfigError,
     DataConfig,
     EarlyStopConfig,
+    LogConfig,
     OptimizerConfig,
     ScheduleConfig,
     TrainConfig,
@@ -33,7 +34,7 @@ from distnn.config.schema import (
 from distnn.config.sections import schedule_spec
 
 __all__ = ["CHOICES", "CheckpointConfig", "CommConfig", "Config", "ConfigError", "DataConfig",
-           "EarlyStopConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
+           "EarlyStopConfig", "LogConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
            "apply_overrides", "bundled_config_path", "check_world_size", "from_dict",
            "load_config", "model_errors", "parse_override", "parse_yaml", "save_config",
            "schedule_spec", "to_dict"]

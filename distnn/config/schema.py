@@ -117,6 +117,19 @@ class CommConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """`log:` what training reports beyond the per-epoch lines (distnn/watch/)."""
+
+    every_steps: int = 10  # a "step" line: loss and accuracy of the last n steps (0: off)
+    layers_every_steps: int = 50  # a "layers" line: per-layer health (0: off)
+    warn_window: int = 5  # layers lines in a row with an update ratio out of band: a warning
+    gap_warning: float = 0.15  # train minus val accuracy above this at an epoch end: a warning
+    trace: bool = False  # a per-rank Chrome trace in <run_dir>/trace/ (distnn trace merges)
+    trace_mb: float = 16.0  # the most each rank's trace keeps (the oldest spans go first)
+    tensorboard: bool = False  # also write TensorBoard event files (the `tensorboard` extra)
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "quickstart"
     seed: int = 0
@@ -128,6 +141,7 @@ class Config:
     early_stopping: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     comm: CommConfig = field(default_factory=CommConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -143,12 +157,13 @@ CHOICES = {
 }
 POSITIVE = {"train.epochs", "train.global_batch", "train.grad_accum", "schedule.reference_batch",
             "checkpoint.keep_best", "checkpoint.keep_last", "comm.workers", "train.groups",
-            "train.divergence_factor"}
+            "train.divergence_factor", "log.warn_window", "log.trace_mb"}
 NON_NEGATIVE = {"seed", "data.val_size", "train.l2", "train.max_steps", "train.eval_every_steps",
                 "train.consistency_every", "train.threads", "train.clip_grad_norm",
                 "train.max_rollbacks", "early_stopping.patience",
                 "early_stopping.min_delta", "checkpoint.every_epochs", "checkpoint.every_steps",
-                "comm.timeout", "comm.max_failures", "comm.workers_min", "comm.replace_timeout"}
+                "comm.timeout", "comm.max_failures", "comm.workers_min", "comm.replace_timeout",
+                "log.every_steps", "log.layers_every_steps", "log.gap_warning"}
 OPEN_UNIT = {"train.rollback_lr_factor"}  # in (0, 1)
 # optimizer.* and schedule.* hyper-parameters: distnn.optim declares them (hparams_of).
 SECTIONS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig}

@@ -86,31 +86,33 @@ class Lockstep:
         reps = [self._replica(j) for j in range(len(groups))]
         for rep, grp in zip(reps, groups, strict=True):
             self._bind(rep, grp.grads)
-        xs = [grp.x for grp in groups]
-        for i, layer in enumerate(self.model.layers):
-            mine = [rep.layers[i] for rep in reps]
-            if isinstance(layer, BatchNorm):
-                xs = _norm_forward(layer, cast(list[BatchNorm], mine), xs, reduce,
-                                   count if layer.sync else local)
-                continue
-            if isinstance(layer, Dropout):
-                for drop, grp in zip(cast(list[Dropout], mine), groups, strict=True):
-                    drop.keys = sample_keys(seed, i, step, grp.indices)
-            xs = [lay.forward(x, True) for lay, x in zip(mine, xs, strict=True)]
-        results, douts = [], []
-        for x, grp in zip(xs, groups, strict=True):
-            value, dscores = fn(x, grp.y, denom=denom)
-            results.append((value, int(np.count_nonzero(x.argmax(axis=1) == grp.y))))
-            douts.append(dscores)
-        for i in range(len(self.model.layers) - 1, -1, -1):
-            layer = self.model.layers[i]
-            mine = [rep.layers[i] for rep in reps]
-            if isinstance(layer, BatchNorm):
-                douts = _norm_backward(layer, cast(list[BatchNorm], mine), douts, reduce,
+        with self.model.spans.span("forward"):
+            xs = [grp.x for grp in groups]
+            for i, layer in enumerate(self.model.layers):
+                mine = [rep.layers[i] for rep in reps]
+                if isinstance(layer, BatchNorm):
+                    xs = _norm_forward(layer, cast(list[BatchNorm], mine), xs, reduce,
                                        count if layer.sync else local)
-            else:  # the first layer returns None: the loop ends there
-                douts = [cast(np.ndarray, lay.backward(d))
-                         for lay, d in zip(mine, douts, strict=True)]
+                    continue
+                if isinstance(layer, Dropout):
+                    for drop, grp in zip(cast(list[Dropout], mine), groups, strict=True):
+                        drop.keys = sample_keys(seed, i, step, grp.indices)
+                xs = [lay.forward(x, True) for lay, x in zip(mine, xs, strict=True)]
+            results, douts = [], []
+            for x, grp in zip(xs, groups, strict=True):
+                value, dscores = fn(x, grp.y, denom=denom)
+                results.append((value, int(np.count_nonzero(x.argmax(axis=1) == grp.y))))
+                douts.append(dscores)
+        with self.model.spans.span("backward"):
+            for i in range(len(self.model.layers) - 1, -1, -1):
+                layer = self.model.layers[i]
+                mine = [rep.layers[i] for rep in reps]
+                if isinstance(layer, BatchNorm):
+                    douts = _norm_backward(layer, cast(list[BatchNorm], mine), douts, reduce,
+                                           count if layer.sync else local)
+                else:  # the first layer returns None: the loop ends there
+                    douts = [cast(np.ndarray, lay.backward(d))
+                             for lay, d in zip(mine, douts, strict=True)]
         return results
 
 

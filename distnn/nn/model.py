@@ -11,6 +11,7 @@ import inspect
 import math
 import re
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from itertools import pairwise
 from typing import Any, cast
 
@@ -94,6 +95,15 @@ def _check_sizes(layers: Sequence[Layer]) -> None:
                             f"most {MAX_ELEMENTS}")
 
 
+class NoSpans:
+    """Where a model reports its phases ("forward", "backward") to a timeline: nowhere. A
+    recorder with the same `span` method (distnn/watch/trace.py) replaces it on traced runs."""
+
+    def span(self, name: str) -> AbstractContextManager:
+        return nullcontext()
+
+
+NO_SPANS = NoSpans()
 Slot = tuple[Layer, str, tuple[int, ...], int]  # (layer, array name, shape, offset)
 
 
@@ -133,6 +143,7 @@ class Sequential:
         self._fuse_relus()
         self._bind(extra_grad_slots)
         self.seed = seed
+        self.spans: NoSpans = NO_SPANS
         rng = np.random.default_rng(seed)
         for layer in self.layers:
             layer.init_params(rng)
@@ -192,9 +203,11 @@ class Sequential:
         fn = LOSSES.get(loss)
         if fn is None:
             raise SpecError(f"model: loss {loss!r}, expected one of {', '.join(LOSSES)}")
-        scores = self.forward(x, training=True)
-        value, dscores = fn(scores, y, denom=denom)
-        self.backward(dscores)
+        with self.spans.span("forward"):
+            scores = self.forward(x, training=True)
+            value, dscores = fn(scores, y, denom=denom)
+        with self.spans.span("backward"):
+            self.backward(dscores)
         if l2:
             share = x.shape[0] / (denom or x.shape[0])
             value += l2 * share * self.add_l2_(l2 * share)

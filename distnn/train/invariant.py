@@ -77,7 +77,8 @@ class InvariantStep(DataParallelStep):
                 extra[3 * gid:3 * gid + 3] = (value, correct, b - a)
             k += len(groups)
         extra[-1] = 1.0 if stop_requested else 0.0
-        self.sum(rows, self.model.grads)
+        with self.model.spans.span("allreduce"):
+            self.sum(rows, self.model.grads)
         per_group = extra[:-1].reshape(self.groups, 3)
         loss_sum, right, total = 0.0, 0.0, 0.0
         for value, good, n in per_group:  # group order: the same sum on every rank

@@ -141,8 +141,10 @@ class CheckpointKeeper:
         intact. `snap` may be None on ranks that do not keep snapshots.
         Collective: all ranks must call."""
         assert snap is not None or self.comm.rank != 0
-        self._on_root(lambda: self._write_files(snap, kind),
-                      f"could not write the {kind} checkpoint of step {step} in {self.folder}")
+        with self.model.spans.span("checkpoint"):
+            self._on_root(lambda: self._write_files(snap, kind),
+                          f"could not write the {kind} checkpoint of step {step} in "
+                          f"{self.folder}")
         if kind == "last":
             self.last_written = (self.folder / "last.h5", step)
             if self.keep_good:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distnn import console
 from distnn.config import Config
 from distnn.data import BatchIterator, RandomCropFlip
 from distnn.exit_codes import ExitCode
@@ -25,6 +26,8 @@ from distnn.train.metrics import progress
 from distnn.train.signals import StopRequest
 from distnn.train.state import RunState
 from distnn.train.step import DataParallelStep, check_replicas, parameter_checksum
+from distnn.train.telemetry import Telemetry
+from distnn.train.timeline import Tracer
 
 ROLLED_BACK = -1  # train_step / end_epoch: the state went back to the newest good checkpoint
 
@@ -58,6 +61,11 @@ class Coordinator:
         self.keeper = CheckpointKeeper(cfg, comm, self.run_dir, parts)
         self.keeper.started(self.state, None)  # restore() replaces it on a resume
         self.guard = DivergenceGuard(t, self.keeper, metrics, self.is_root)
+        self.telemetry = Telemetry(cfg, self.model, metrics, comm.rank)
+        self.tracer = Tracer(self.run_dir / "trace", comm.rank, cfg.log.trace_mb) \
+            if cfg.log.trace else None
+        if self.tracer is not None:
+            self.model.spans = self.tracer
 
     # -- schedule -------------------------------------------------------------------------------
     def lr(self) -> float:
@@ -99,9 +107,15 @@ class Coordinator:
                            augment=self.augment(), prefetch=cfg.data.prefetch,
                            start_step=s.step_in_epoch)
         bar = progress(steps, s.step_in_epoch, s.epoch, self.is_root)
+        spans, batches = self.model.spans, iter(it)
         try:
             tick = time.perf_counter()
-            for x, y in it:
+            while True:
+                with spans.span("data_wait"):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                x, y = batch
                 code = self.train_step(x, y, flag)
                 # Wall time per step, waiting for input included: the honest images/s.
                 now = time.perf_counter()
@@ -141,12 +155,17 @@ class Coordinator:
         self.keeper.write_pending()  # the parameters this step's loss has just scored
         if res.stop:
             return self.stop_before_update()
-        self.update(lr)
+        delta = self.update(lr)
         s.step += 1
         s.step_in_epoch += 1
         s.epoch_loss += res.loss * res.count  # a per-sample mean at the epoch's end
         s.epoch_correct += res.correct
         s.epoch_count += res.count
+        self.telemetry.step_done(s, res.loss, res.correct, res.count, lr, x, delta)
+        if self.tracer is not None:
+            self.tracer.step = s.step  # the spans from here on belong to the next step
+            if self.tracer.due():
+                self.flush_trace()
         if t.consistency_every and s.step % t.consistency_every == 0:
             check_replicas(self.model, self.comm, s.step)
         if t.max_steps and s.step >= t.max_steps:
@@ -159,14 +178,23 @@ class Coordinator:
             self.keeper.request(s)  # written once the next step's loss has scored it
         return None
 
-    def update(self, lr: float) -> None:
-        """Apply the step's reduced gradient (every 50 steps measuring the update ratio)."""
-        want_ratio = self.state.step % 50 == 0
-        if want_ratio:
+    def update(self, lr: float) -> np.ndarray | None:
+        """Apply the step's reduced gradient. Every 50 steps it measures the update ratio, and
+        before a layers line (telemetry) it returns the update (parameters before minus after).
+        """
+        step = self.state.step
+        want_ratio = step % 50 == 0
+        want_delta = self.telemetry.layers_due(step + 1)
+        if want_ratio or want_delta:
             np.copyto(self._before, self.model.params)
-        self.step_fn.apply_update(lr)
+        with self.model.spans.span("update"):
+            self.step_fn.apply_update(lr)
+        if not (want_ratio or want_delta):
+            return None
+        self._before -= self.model.params
         if want_ratio:
             self.record_ratio(self._before)
+        return self._before if want_delta else None
 
     def stop_before_update(self) -> int:
         """A stop signal came with this step: the step is dropped (no update; BatchNorm
@@ -177,11 +205,10 @@ class Coordinator:
         self.keeper.ensure_last(self.state)
         return ExitCode.RESUMABLE
 
-    def record_ratio(self, before: np.ndarray) -> None:
+    def record_ratio(self, delta: np.ndarray) -> None:
         """The material's health numbers: ||update|| / ||weights|| (~1e-3) and ||gradient||."""
-        before -= self.model.params
         norm_w = float(np.linalg.norm(self.model.params))
-        self.last_update_ratio = float(np.linalg.norm(before)) / max(norm_w, 1e-30)
+        self.last_update_ratio = float(np.linalg.norm(delta)) / max(norm_w, 1e-30)
         self.last_grad_norm = float(np.linalg.norm(self.model.grads))
 
     # -- end of epoch ---------------------------------------------------------------------------
@@ -202,8 +229,9 @@ class Coordinator:
     def validate(self, lr: float) -> dict:
         """Score the validation split and log it. Collective: all ranks must call."""
         s, t0 = self.state, time.perf_counter()
-        val = evaluate(self.model, self.splits.val, self.comm, self.normalization,
-                       self.cfg.train.loss)
+        with self.model.spans.span("validation"):
+            val = evaluate(self.model, self.splits.val, self.comm, self.normalization,
+                           self.cfg.train.loss)
         self.metrics.write(epoch=s.epoch, step=s.step, split="val", loss=val["loss"],
                            accuracy=val["accuracy"], lr=lr, n=val["n"],
                            images_per_s=val["n"] / max(time.perf_counter() - t0, 1e-9),
@@ -217,13 +245,16 @@ class Coordinator:
         s, cfg = self.state, self.cfg
         self.sync_state()
         lr = self.epoch_lr()
+        train_accuracy = s.epoch_correct / max(s.epoch_count, 1)
         self.metrics.write(epoch=s.epoch, step=s.step, split="train",
-                           loss=s.epoch_loss / max(s.epoch_count, 1),
-                           accuracy=s.epoch_correct / max(s.epoch_count, 1), lr=lr,
+                           loss=s.epoch_loss / max(s.epoch_count, 1), accuracy=train_accuracy,
+                           lr=lr,
                            images_per_s=s.epoch_count / max(s.epoch_seconds, 1e-9),
                            grad_norm=self.last_grad_norm, update_ratio=self.last_update_ratio,
                            params_crc=parameter_checksum(self.model.params))
         val = self.validate(lr)
+        self.telemetry.epoch_done(s, s.epoch, train_accuracy, val["accuracy"])
+        self.flush_trace()
         if self.guard.diverged(s, val["loss"]):
             return self.on_divergence(f"epoch {s.epoch}: validation loss {val['loss']:.4g}", lr,
                                       val["loss"], val["accuracy"])
@@ -245,6 +276,16 @@ class Coordinator:
                 or (every_steps and s.step % every_steps == 0):
             self.keeper.write_now(s, "last")  # train_step leaves an epoch's last step to here
         return cfg.early_stopping.enabled and s.early.exhausted
+
+    def flush_trace(self) -> None:
+        """Write this rank's trace file (log.trace); a failure is one warning, the run goes on."""
+        if self.tracer is None:
+            return
+        try:
+            self.tracer.flush()
+        except OSError as exc:
+            console.err(f"distnn train [rank {self.comm.rank}]: warning: could not write "
+                        f"{self.tracer.path}: {exc.strerror or exc}")
 
     # -- checkpoints ----------------------------------------------------------------------------
     def restore(self, snap: ckpt.Snapshot, best: ckpt.Snapshot | None,
@@ -276,6 +317,7 @@ class Coordinator:
         self.guard.stop_unless_rolling_back(old, what, lr)
         assert self.keeper.good is not None
         self.state = self.keeper.load(self.keeper.good)
+        self.telemetry.reset()
         self.guard.rolled_back(old, self.state, what, lr, self.lr, loss, accuracy)
         return ROLLED_BACK
 
@@ -285,7 +327,10 @@ class Coordinator:
         after a stop request, else OK with the best weights in the model. A run resumed from a
         finished state trains no further. Collective: all ranks must call."""
         if not self.finished():
-            code = self.train_epochs(stop)
+            try:
+                code = self.train_epochs(stop)
+            finally:
+                self.flush_trace()
             if code == ExitCode.RESUMABLE:
                 return code
             # last.h5 holds the finished state (scored by the last validation), so a stop

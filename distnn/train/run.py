@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from distnn.nn import Sequential
 from distnn.nn import threads as nn_threads
 from distnn.optim import UpdateRule
 from distnn.train import checkpoint as ckpt
-from distnn.train import signals
+from distnn.train import signals, tensorboard
 from distnn.train.errors import CheckpointError
 from distnn.train.evaluate import evaluate
 from distnn.train.keeper import write_on_root
@@ -163,13 +164,20 @@ def train(cfg: Config, comm: Communicator, run_dir: Path,
     run_dir = Path(run_dir)
     threads = rank_threads(cfg.train.threads, comm.size)
     # The conv layers run on `threads` threads of their own, BLAS on one (distnn/nn/threads.py).
-    with threadpool_limits(threads), nn_threads.limit(threads), signals.catching() as stop:
+    with threadpool_limits(threads), nn_threads.limit(threads), signals.catching() as stop, \
+            contextlib.ExitStack() as stack:
         snap = load_on_root(resume, list(cfg.model), comm)
         best = load_best(resume, cfg, comm) if snap is not None else None
         parts = build_parts(cfg, comm, snap)
         if comm.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
         metrics = MetricsLog(run_dir / "metrics.jsonl", comm.rank == 0)
+        if cfg.log.tensorboard:
+            tensorboard.check_available()  # a ConfigError alike on every rank
+            if comm.rank == 0:
+                sink = tensorboard.TensorBoardSink(run_dir / "tensorboard")
+                metrics.sinks.append(sink)
+                stack.callback(sink.close)
         coord = Coordinator(cfg, comm, parts, run_dir, metrics)
         if snap is not None:
             coord.restore(snap, best, resume)

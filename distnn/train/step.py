@@ -153,7 +153,8 @@ class DataParallelStep:
         checks the result and then calls `apply_update(lr)` (or drops the step)."""
         loss_sum, correct = self._local_gradients(x, y, global_count, step, indices)
         self.extra[:] = (loss_sum, correct, len(y), 1.0 if stop_requested else 0.0)
-        self.comm.allreduce_(self.model.grad_buffer)
+        with self.model.spans.span("allreduce"):
+            self.comm.allreduce_(self.model.grad_buffer)
         result = StepResult(float(self.extra[LOSS]), int(round(float(self.extra[CORRECT]))),
                             int(round(float(self.extra[COUNT]))), bool(self.extra[STOP] > 0))
         if apply and np.isfinite(result.loss):
