@@ -19,7 +19,7 @@ from distnn import console
 from distnn.config import Config
 from distnn.nn.activations import ReLU
 
-ACT_SAMPLES = 64  # samples of rank 0's shard whose activations a layers line describes
+ACT_SAMPLES = 32  # samples of rank 0's shard whose activations a layers line describes
 BINS = 32  # activation histogram bins, evenly over [min, max]
 BAND = (1e-4, 1e-2)  # update ratios outside it for log.warn_window layers lines: a warning
 ANNEALED = 0.1  # below this fraction of the highest rate so far, small updates are on purpose
