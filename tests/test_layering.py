@@ -76,3 +76,12 @@ def test_only_the_entry_point_imports_launch():
     users = sorted(m for m, edges in graph.items() if not m.startswith("distnn.launch")
                    and any(e.startswith("distnn.launch") for e in edges))
     assert users == ["distnn.cli"], users
+
+
+def test_train_never_imports_watch():
+    """watch reads what train writes; a run must not depend on the reading commands."""
+    graph = import_graph()
+    assert "distnn.watch.trace" in graph and "distnn.train.telemetry" in graph
+    users = sorted(m for m, edges in graph.items() if m.startswith(("distnn.train", "distnn.nn"))
+                   and any(e.startswith("distnn.watch") for e in edges))
+    assert users == [], users
