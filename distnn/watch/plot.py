@@ -21,7 +21,9 @@ from distnn import console
 from distnn.exit_codes import ExitCode
 from distnn.train.checkpoint import load_checkpoint, replace_atomically
 from distnn.train.errors import CheckpointError
-from distnn.watch.figures import Drawn, Run, Weights, build_all
+from distnn.watch import figures
+from distnn.watch.figures import Drawn, Run
+from distnn.watch.filters import Weights, build_filters
 
 PROG = "distnn plot"
 SPLITS = ("train", "val", "step", "layers", "warning")  # any other split is ignored
@@ -266,7 +268,9 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:
         console.err(f"{PROG}: --out {out}: cannot create it: {exc.strerror or exc}")
         return ExitCode.BAD_INPUT
-    drawn = build_all(runs, wanted, weights)
+    drawn = [figures.build_loss(runs), figures.build_accuracy(runs), figures.build_lr(runs),
+             figures.build_update_ratio(runs, wanted), figures.build_activations(runs, wanted),
+             build_filters(weights)]
     try:
         write_outputs(out, runs, drawn)
     except OSError as exc:

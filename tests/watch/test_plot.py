@@ -30,7 +30,7 @@ from matplotlib.image import imread  # noqa: E402
 from distnn.cli import main as cli_main  # noqa: E402
 from distnn.train import checkpoint  # noqa: E402
 from distnn.train.checkpoint import Snapshot, save_checkpoint  # noqa: E402
-from distnn.watch import figures, plot  # noqa: E402
+from distnn.watch import figures, filters, plot  # noqa: E402
 from tests.train.runs import run as run_distnn  # noqa: E402
 
 ALL = ("loss", "accuracy", "lr", "update_ratio", "activations", "filters")
@@ -251,8 +251,8 @@ def test_real_run(real_run, tmp_path, capsys):
         W = np.array(fh["model/conv0.W"])
     assert W.shape == (3, 3, 1, 16)
     weights = plot.find_weights(run, None)
-    assert isinstance(weights, figures.Weights) and weights.source.endswith("best.h5")
-    mosaic = figures.filter_mosaic(weights.W)
+    assert isinstance(weights, filters.Weights) and weights.source.endswith("best.h5")
+    mosaic = filters.filter_mosaic(weights.W)
     assert mosaic.shape == (4 * 4 - 1, 4 * 4 - 1)
     for f in range(16):
         y, x = (f // 4) * 4, (f % 4) * 4
@@ -414,7 +414,7 @@ def test_filter_grid(channels):
     """5 filters on a grid 3 wide (ceil(sqrt(5))), 2 rows, 1-pixel gaps of NaN."""
     W = conv_weights(channels, filters=5)
     W[:, :, :, 4] = 7.0  # a constant filter: mid gray
-    mosaic = figures.filter_mosaic(W)
+    mosaic = filters.filter_mosaic(W)
     assert mosaic.shape == (2 * 4 - 1, 3 * 4 - 1) + ((3,) if channels == 3 else ())
     for f in range(5):
         y, x = (f // 3) * 4, (f % 3) * 4
@@ -428,7 +428,7 @@ def test_filter_grid(channels):
 def test_filters_other_channel_count():
     """2 input channels: one row per filter, one gray tile per channel, normalised per filter."""
     W = conv_weights(2, filters=3)
-    mosaic = figures.filter_mosaic(W)
+    mosaic = filters.filter_mosaic(W)
     assert mosaic.shape == (3 * 4 - 1, 2 * 4 - 1)
     for f in range(3):
         want = normalised(W[:, :, :, f])
@@ -439,16 +439,16 @@ def test_filters_other_channel_count():
 @pytest.mark.parametrize("channels", [1, 3, 2])
 def test_filters_figure_from_a_checkpoint(tmp_path, channels):
     run_dir = write_synthetic(tmp_path / "syn", channels=channels)
-    drawn = figures.build_filters(plot.find_weights(run_of(run_dir), None))
+    drawn = filters.build_filters(plot.find_weights(run_of(run_dir), None))
     (tmp_path / "filters.png").write_bytes(plot.png_bytes(drawn))
     assert_png(tmp_path / "filters.png")
     fig = drawn.fig
     shown = fig.axes[0].images[0].get_array()
-    mosaic = figures.filter_mosaic(conv_weights(channels))
+    mosaic = filters.filter_mosaic(conv_weights(channels))
     rgb = mosaic if channels == 3 else np.repeat(mosaic[:, :, None], 3, axis=2)
     tiles = np.isfinite(rgb).all(axis=2)
     assert np.allclose(shown[tiles], rgb[tiles])
-    assert np.allclose(shown[~tiles], figures.GAP_COLOR)
+    assert np.allclose(shown[~tiles], filters.GAP_COLOR)
 
 
 def test_best_then_last_checkpoint(tmp_path):
@@ -456,18 +456,18 @@ def test_best_then_last_checkpoint(tmp_path):
     folder = run_dir / "checkpoints"
     write_checkpoint(folder / "last.h5", conv_weights(1, seed=5))
     used = plot.find_weights(run_of(run_dir), None)
-    assert isinstance(used, figures.Weights) and used.source == "syn/checkpoints/best.h5"
+    assert isinstance(used, filters.Weights) and used.source == "syn/checkpoints/best.h5"
     assert np.array_equal(used.W, conv_weights(1))
 
     (folder / "best.h5").write_bytes(b"not hdf5 at all")
     used = plot.find_weights(run_of(run_dir), None)
-    assert isinstance(used, figures.Weights) and used.source == "syn/checkpoints/last.h5"
+    assert isinstance(used, filters.Weights) and used.source == "syn/checkpoints/last.h5"
     assert np.array_equal(used.W, conv_weights(1, seed=5))
     assert "best.h5: not a readable distnn checkpoint" in used.notes[0]
 
     (folder / "best.h5").unlink()
     used = plot.find_weights(run_of(run_dir), None)
-    assert isinstance(used, figures.Weights) and used.source == "syn/checkpoints/last.h5"
+    assert isinstance(used, filters.Weights) and used.source == "syn/checkpoints/last.h5"
 
     (folder / "last.h5").write_bytes(b"")
     reason = plot.find_weights(run_of(run_dir), None)
