@@ -71,7 +71,9 @@ def test_mpi_job_preempted_requeues_resumes_and_equals_uninterrupted(cluster, tm
     rd, log = tmp_path / "slurm_run", tmp_path / "job.out"
     job = cluster.sbatch("-n", "2", "-o", str(log), "--chdir", str(tmp_path), str(MPI_SCRIPT),
                          env=job_env(CONFIG=str(cfg), RUN_DIR=str(rd)))
-    wait_for(lambda: (rd / "metrics.jsonl").exists(), 600, f"the first epoch of job {job}")
+    # The first epoch's train line (step lines come earlier: log.every_steps).
+    wait_for(lambda: (rd / "metrics.jsonl").exists() and '"split": "train"' in (
+        rd / "metrics.jsonl").read_text(), 600, f"the first epoch of job {job}")
     # Not a race: the job cannot finish on its own, only the signal below ends its first run.
     assert cluster.job(job)["JobState"] == "RUNNING", output(log)
     # The requeued job must wait until its config is rewritten: a DOWN partition lets the

@@ -154,3 +154,11 @@ def params(path: Path) -> dict[str, np.ndarray]:
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+EPOCH_SPLITS = ("train", "val", "test", "rollback")  # not the step, layers and warning lines
+
+
+def epoch_lines(run_dir: Path) -> list[dict]:
+    """The metrics lines of epochs, validations, the test and rollbacks."""
+    return [m for m in metrics(run_dir) if m["split"] in EPOCH_SPLITS]

@@ -11,7 +11,7 @@ from distnn.nn import Sequential
 from distnn.optim import make_optimizer
 from distnn.train.checkpoint import load_checkpoint
 from distnn.train.step import EXTRA_SLOTS, DataParallelStep, clip_grad_norm_, sum_of_squares
-from tests.train.runs import metrics, params, run, write_config
+from tests.train.runs import epoch_lines, metrics, params, run, write_config
 
 # Warmups to a learning rate the tiny model cannot take: it diverges after about 24 good steps,
 # or, warming up faster, at step 2 (the parameters of step 1 are still sound: loss ~2.9).
@@ -169,7 +169,7 @@ def test_rollback_after_a_failed_validation_check(tmp_path):
     out = run(["train", str(cfg), "--run-dir", str(rd)])
     assert out.returncode == 0, out.stderr
     assert "epoch 0: validation loss" in out.stderr
-    splits = [(m["split"], m["step"]) for m in metrics(rd)]
+    splits = [(m["split"], m["step"]) for m in epoch_lines(rd)]
     assert splits == [("train", 2), ("val", 2), ("rollback", 2), ("train", 2), ("val", 2),
                       ("test", 2)]
     assert [m["to_step"] for m in metrics(rd) if m["split"] == "rollback"] == [1]

@@ -9,6 +9,7 @@ import pytest
 from distnn.data import get_dataset
 from distnn.train.checkpoint import load_checkpoint
 from tests.train.runs import (
+    epoch_lines,
     metrics,
     params,
     run,
@@ -26,7 +27,7 @@ def test_train_writes_the_run_directory_and_evaluates(tmp_path):
     assert "test accuracy" in out.stdout
     for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.h5", "checkpoints/best.h5"):
         assert (rd / name).exists(), name
-    lines = metrics(rd)
+    lines = epoch_lines(rd)
     for line in lines:
         assert {"epoch", "step", "split", "loss", "accuracy", "lr", "images_per_s"} <= set(line)
     train_lines = [m for m in lines if m["split"] == "train"]
@@ -63,7 +64,7 @@ def test_resume_by_signal_equals_uninterrupted(tmp_path):
     snap = load_checkpoint(rd / "checkpoints/last.h5")
     assert (snap.step, snap.epoch, snap.step_in_epoch) == (
         epoch * steps_per_epoch(16) + step, epoch, step)
-    assert [m["split"] for m in metrics(rd)] == ["train", "val"]  # epoch 0's lines, no test
+    assert [m["split"] for m in epoch_lines(rd)] == ["train", "val"]  # epoch 0's, no test
     resumed = run(["train", str(cfg), "--run-dir", str(rd), "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stderr
     a, b = params(straight / "checkpoints/last.h5"), params(rd / "checkpoints/last.h5")
