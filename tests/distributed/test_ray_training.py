@@ -191,7 +191,10 @@ def test_killed_actor_is_replaced_and_resumes_bit_identical(head, tmp_path):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("first,then", [("mpi", "ray"), ("ray", "mpi")])
+@pytest.mark.parametrize("first,then", [
+    ("mpi", "ray"),
+    pytest.param("ray", "mpi", marks=pytest.mark.slow),  # the suite's time budget
+])
 def test_checkpoint_moves_between_mpi_and_ray(head, tmp_path, first, then):
     """Epoch 1 on one backend, epoch 2 resumed from its last.h5 on the other, on another number
     of workers (3 MPI ranks, 2 Ray actors): with train.invariant, bit-identical to 2 epochs in

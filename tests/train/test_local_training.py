@@ -50,6 +50,7 @@ def test_existing_run_needs_resume_flag(tmp_path):
     assert again.returncode == 2 and "--resume auto" in again.stderr
 
 
+@pytest.mark.slow  # the suite's time budget: the MPI twin (test_mpi_training.py) runs by default
 def test_resume_by_signal_equals_uninterrupted(tmp_path):
     cfg = write_config(tmp_path / "c.yaml", train={"epochs": 3, "global_batch": 16})
     straight = tmp_path / "straight"

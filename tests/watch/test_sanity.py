@@ -95,8 +95,10 @@ def he_output_init(name: str, tmp_path: Path) -> str:
 BUNDLED = [
     # config, check 1's loss (float32, first batch), check 2's l2 and source
     ("quickstart", QUICK_LOSS, "0.01 (train.l2 is 0"),
-    pytest.param("mnist", None, "0.0001 (train.l2)", marks=needs_shared),
-    pytest.param("fashion_mnist", None, "0.0001 (train.l2)", marks=needs_shared),
+    # The suite's time budget: the other two bundled configs run with -m slow.
+    pytest.param("mnist", None, "0.0001 (train.l2)", marks=[needs_shared, pytest.mark.slow]),
+    pytest.param("fashion_mnist", None, "0.0001 (train.l2)",
+                 marks=[needs_shared, pytest.mark.slow]),
 ]
 
 
@@ -118,7 +120,8 @@ def test_bundled_configs_pass(capsys, name, loss, l2):
 
 
 @pytest.mark.parametrize("name,loss", [("quickstart", 4.3022),
-                                       pytest.param("mnist", 3.7369, marks=needs_shared)])
+                                       pytest.param("mnist", 3.7369,
+                                                    marks=[needs_shared, pytest.mark.slow])])
 def test_he_output_init_fails_the_initial_loss(capsys, tmp_path, name, loss):
     """The output layer on He initialisation: only the initial loss fails (exit 1)."""
     code, checks, _ = sanity(capsys, he_output_init(name, tmp_path))
