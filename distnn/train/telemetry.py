@@ -6,7 +6,9 @@ fraction of dead ReLU units) and "warning" lines, each also one line on stderr.
 Gradients and updates are the reduced ones (equal on every rank). Activations are measured on
 rank 0 alone, in evaluation mode (no dropout, BatchNorm running statistics: nothing drawn or
 updated, so training goes on exactly as without telemetry), on at most ACT_SAMPLES samples of its
-shard of the step's batch, with the parameters after the step's update. All lines are rank 0's.
+shard of the step's batch, with the parameters after the step's update, through a replica of the
+model (its own layers and buffers: the model's, sized for training, stay as they are). All lines
+are rank 0's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import numpy as np
 
 from distnn import console
 from distnn.config import Config
+from distnn.nn import Sequential
 from distnn.nn.activations import ReLU
+from distnn.nn.lockstep import Lockstep
 
 ACT_SAMPLES = 32  # samples of rank 0's shard whose activations a layers line describes
 BINS = 32  # activation histogram bins, evenly over [min, max]
@@ -41,6 +45,7 @@ class Telemetry:
         self.slices = [(layer.name, [((p.ctypes.data - base) // p.itemsize, p.size)
                                      for p in layer.p.values()])
                        for layer in model.layers if layer.p]
+        self.viewer: Sequential | None = None  # a replica for the activations (rank 0, once)
         self.out_of_band: dict[str, int] = {}
         self.peak_lr = 0.0
         self.warned: set[tuple[str, str]] = set()
@@ -98,8 +103,12 @@ class Telemetry:
             ratio = math.sqrt(d) / max(math.sqrt(w), 1e-30)
             report[name].update(update_ratio=ratio, grad_norm=math.sqrt(g),
                                 weight_norm=math.sqrt(w))
+        if self.viewer is None:
+            # Its own layers and work buffers, the model's parameters and state: the model's
+            # buffers, sized for the training batch, are left alone.
+            self.viewer = Lockstep(model)._replica(0)
         out = x[:ACT_SAMPLES]
-        for layer in model.layers:
+        for layer in self.viewer.layers:
             out = layer.forward(out, False)
             report[layer.name].update(activation_stats(out, isinstance(layer, ReLU)))
         self.metrics.add(dict(epoch=state.epoch, step=state.step, split="layers",
