@@ -97,7 +97,7 @@ def _check_sizes(layers: Sequence[Layer]) -> None:
 
 class NoSpans:
     """Where a model reports its phases ("forward", "backward") to a timeline: nowhere. A
-    recorder with the same `span` method (distnn/watch/trace.py) replaces it on traced runs."""
+    recorder with the same `span` method (distnn/train/timeline.py) replaces it on traced runs."""
 
     def span(self, name: str) -> AbstractContextManager:
         return nullcontext()

@@ -108,6 +108,8 @@ class Coordinator:
                            start_step=s.step_in_epoch)
         bar = progress(steps, s.step_in_epoch, s.epoch, self.is_root)
         spans, batches = self.model.spans, iter(it)
+        if self.tracer is not None:
+            self.tracer.step = s.step  # a resumed run or a rollback starts here
         try:
             tick = time.perf_counter()
             while True:
@@ -184,7 +186,7 @@ class Coordinator:
         """
         step = self.state.step
         want_ratio = step % 50 == 0
-        want_delta = self.telemetry.layers_due(step + 1)
+        want_delta = self.is_root and self.telemetry.layers_due(step + 1)  # rank 0's lines
         if want_ratio or want_delta:
             np.copyto(self._before, self.model.params)
         with self.model.spans.span("update"):
