@@ -108,7 +108,7 @@ class Telemetry:
             # buffers, sized for the training batch, are left alone.
             self.viewer = Lockstep(model)._replica(0)
         out = x[:ACT_SAMPLES]
-        for layer in self.viewer.layers:
+        for layer in self.viewer.layers if len(out) else ():  # a shard may be empty
             out = layer.forward(out, False)
             report[layer.name].update(activation_stats(out, isinstance(layer, ReLU)))
         self.metrics.add(dict(epoch=state.epoch, step=state.step, split="layers",
@@ -168,7 +168,7 @@ class Telemetry:
 def activation_stats(out: np.ndarray, relu: bool) -> dict:
     """Mean, std, count and a BINS-bin histogram of a layer's outputs; for a ReLU the fraction
     of its units (each output position and channel) that are zero for every sample."""
-    flat = out.reshape(len(out), -1)
+    flat = out.reshape(len(out), int(np.prod(out.shape[1:])))
     lo, hi = (float(flat.min()), float(flat.max())) if flat.size else (0.0, 0.0)
     hi = hi if hi > lo else lo + 1.0  # one value (a dead layer): bins of width 1/BINS
     counts, _ = np.histogram(flat, bins=BINS, range=(lo, hi))
