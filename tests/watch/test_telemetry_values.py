@@ -250,3 +250,32 @@ def test_layers_line_of_an_empty_shard(tmp_path):
     (line,) = lines(path, "layers")
     assert line["layers"]["dense0"]["update_ratio"] == pytest.approx(1e-3, rel=1e-4)
     assert line["layers"]["relu1"] == {} and "act_mean" not in line["layers"]["dense0"]
+
+
+def test_upper_edge_twice_in_a_row_is_in_band(tmp_path):
+    tel, _, path = make(tmp_path)
+    for ratio in (1e-2, 1e-2, 1e-4, 1e-4):
+        tel._check_layer(at(1), "conv0", {"update_ratio": ratio}, False)
+    assert not lines(path, "warning")
+
+
+def test_window_of_one_warns_again_after_an_in_band_line(tmp_path):
+    tel, _, path = make(tmp_path, warn_window=1)
+    for step, ratio in enumerate((0.5, 0.5, 1e-3, 0.5), start=1):
+        tel._check_layer(at(step), "conv0", {"update_ratio": ratio}, False)
+    assert [w["step"] for w in lines(path, "warning")] == [1, 4]
+
+
+def test_a_constant_low_rate_is_not_annealed(tmp_path):
+    """The peak starts at 0: a run whose rate is 0.05 throughout is at its peak, not annealed,
+    and its tiny updates are warned."""
+    tel, model, path = make(tmp_path, layers_every_steps=1)
+    x = np.random.default_rng(1).standard_normal((8, 5)).astype(np.float32)
+    for step in (1, 2):
+        tel.step_done(at(step), 1.0, 0, 8, 0.05, x, model.params * np.float32(1e-7))
+    assert {w["layer"] for w in lines(path, "warning") if w["warning"] == "update_ratio"} == {
+        "dense0", "dense3"}
+
+
+def test_a_new_tracer_is_not_due(tmp_path):
+    assert not Tracer(tmp_path, 0, cap_mb=1.0).due()
