@@ -56,11 +56,13 @@ def per_step(events: list[dict]) -> dict[str, float]:
     totals: dict[str, float] = {}
     steps = set()
     for ev in events:
-        if ev.get("ph") != "X":
-            continue
+        if not isinstance(ev, dict) or ev.get("ph") != "X" \
+                or not isinstance(ev.get("dur"), (int, float)) or "name" not in ev:
+            continue  # metadata, or not an event of ours
         totals[ev["name"]] = totals.get(ev["name"], 0.0) + ev["dur"] / 1000.0
         if ev["name"] in ("forward", "backward", "allreduce", "update"):
-            steps.add(ev.get("args", {}).get("step"))
+            args = ev.get("args")
+            steps.add(args.get("step") if isinstance(args, dict) else None)
     return {name: total / max(len(steps), 1) for name, total in totals.items()}
 
 
@@ -101,8 +103,15 @@ def main(args: argparse.Namespace) -> int:
         return ExitCode.BAD_INPUT
     out = Path(args.out) if args.out else run_dir / "trace.json"
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(merge(traces)))
-    os.replace(tmp, out)
+    try:
+        tmp.write_text(json.dumps(merge(traces)))
+        os.replace(tmp, out)
+    except OSError as exc:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        console.err(f"distnn trace: --out {out}: {exc.strerror or exc}; expected a writable "
+                    f"file path")
+        return ExitCode.BAD_INPUT
     for line in report(traces):
         print(line)
     print(f"merged {len(traces)} rank(s) into {out} (open in https://ui.perfetto.dev or "

@@ -133,8 +133,36 @@ def test_trace_capped_oldest_dropped(tmp_path):
 
 def test_trace_bad_input(tmp_path):
     assert "no such run directory" in bad_input(["trace", str(tmp_path / "nope")])
-    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "trace").mkdir(parents=True)
     assert "no trace files" in bad_input(["trace", str(tmp_path / "run")])
+    (tmp_path / "run" / "trace" / "rank0.json").write_text('{"traceEvents": [')
+    assert "rank0.json: not a Chrome trace" in bad_input(["trace", str(tmp_path / "run")])
+    tracer = Tracer(tmp_path / "run" / "trace", 0, cap_mb=1.0)
+    tracer.add("forward", 0, 5000)
+    tracer.flush()
+    out = tmp_path / "no" / "such" / "merged.json"
+    assert f"--out {out}: No such file or directory" in bad_input(
+        ["trace", str(tmp_path / "run"), "--out", str(out)])
+
+
+def test_trace_report_skips_foreign_events(tmp_path, capsys):
+    """Events of other tools in a rank file (no duration, no args) are left out of the table."""
+    folder = tmp_path / "run" / "trace"
+    tracer = Tracer(folder, 1, cap_mb=1.0)
+    tracer.step = 4
+    tracer.add("forward", 0, 3_000_000)
+    tracer.add("backward", 3_000_000, 8_000_000)
+    tracer.flush()
+    data = json.loads((folder / "rank1.json").read_text())
+    data["traceEvents"] += [{"ph": "X", "name": "other"}, {"ph": "i", "name": "mark"}, 7,
+                            {"ph": "X", "name": "odd", "dur": 1000, "args": "none"}]
+    (folder / "rank1.json").write_text(json.dumps(data))
+    from distnn.cli import main
+
+    assert main(["trace", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "rank 1" in out and "3.00" in out and "5.00" in out
+    assert "its slowest phase: backward (5.00 ms per step)" in out
 
 
 def test_trace_cap_of_zero(tmp_path):
