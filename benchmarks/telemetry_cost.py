@@ -13,7 +13,8 @@ side by side:
 - end to end: --rounds rounds of --steps steps with telemetry on (defaults) and off, alternating
   so that the machine's noise hits both alike; the ratio of the medians (noisier: the parts
   above are the figure to quote), and the time spent inside telemetry's code in those rounds
-  (the parameter copy, step_done) per step, first layers line (the replica's build) included.
+  (the parameter copy, step_done) per step, first layers line (the replica's build) included,
+  and the median time of the step alone in rounds with and without telemetry.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main() -> None:
         tel = Telemetry(cfg, model, MetricsLog(Path(tmp) / "metrics.jsonl", True), 0)
         state, before = RunState(), np.empty_like(model.params)
         inside = [0.0]  # seconds spent in telemetry's own code during the end-to-end rounds
+        alone: dict[bool, list[float]] = {True: [], False: []}  # the step itself, per mode
 
         def train_step(telemetry: bool) -> None:
             due = telemetry and tel.layers_due(state.step + 1)
@@ -71,6 +73,7 @@ def main() -> None:
             t1 = time.perf_counter()
             res = fn(x, y, args.batch, 1e-3, False, step=state.step)
             t2 = time.perf_counter()
+            alone[telemetry].append(t2 - t1)
             state.step += 1
             if telemetry:
                 delta = None
@@ -82,6 +85,7 @@ def main() -> None:
 
         for _ in range(3):
             train_step(False)  # compile and warm up
+        alone[False].clear()
         # Measured parts.
         step_times, window, line, layers = [], [], [], []
         for _ in range(20):
@@ -124,7 +128,11 @@ def main() -> None:
         own = inside[0] / (args.rounds * args.steps)
         print(f"end to end ({args.rounds} rounds of {args.steps} steps): off {off * 1e3:.1f} "
               f"ms/step, on {on * 1e3:.1f} ms/step, cost {on / off - 1:+.2%}; telemetry's own "
-              f"code took {own * 1e3:.2f} ms per step of those rounds = {own / off:.2%}")
+              f"code took {own * 1e3:.2f} ms per step of those rounds = {own / off:.2%}; "
+              f"the step alone (median / mean) {statistics.median(alone[True]) * 1e3:.1f} / "
+              f"{statistics.mean(alone[True]) * 1e3:.1f} ms with telemetry, "
+              f"{statistics.median(alone[False]) * 1e3:.1f} / "
+              f"{statistics.mean(alone[False]) * 1e3:.1f} ms without")
 
 
 if __name__ == "__main__":
