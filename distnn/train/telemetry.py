@@ -167,14 +167,21 @@ class Telemetry:
 
 def activation_stats(out: np.ndarray, relu: bool) -> dict:
     """Mean, std, count and a BINS-bin histogram of a layer's outputs; for a ReLU the fraction
-    of its units (each output position and channel) that are zero for every sample."""
+    of its units (each output position and channel) that are zero for every sample. Non-finite
+    values (a diverging run) are counted in "nonfinite" and left out of the histogram; the mean
+    and std then are NaN or inf."""
     flat = out.reshape(len(out), int(np.prod(out.shape[1:])))
-    lo, hi = (float(flat.min()), float(flat.max())) if flat.size else (0.0, 0.0)
+    finite = np.isfinite(flat)
+    values = flat if finite.all() else flat[finite]
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     hi = hi if hi > lo else lo + 1.0  # one value (a dead layer): bins of width 1/BINS
-    counts, _ = np.histogram(flat, bins=BINS, range=(lo, hi))
-    stats = {"act_mean": float(flat.mean(dtype=np.float64)) if flat.size else 0.0,
-             "act_std": float(flat.std(dtype=np.float64)) if flat.size else 0.0,
-             "count": int(flat.size), "hist": counts.tolist(), "hist_range": [lo, hi]}
+    counts, _ = np.histogram(values, bins=BINS, range=(lo, hi))
+    with np.errstate(invalid="ignore", over="ignore"):
+        stats = {"act_mean": float(flat.mean(dtype=np.float64)) if flat.size else 0.0,
+                 "act_std": float(flat.std(dtype=np.float64)) if flat.size else 0.0,
+                 "count": int(flat.size), "hist": counts.tolist(), "hist_range": [lo, hi]}
+    if values.size != flat.size:
+        stats["nonfinite"] = int(flat.size - values.size)
     if relu and len(flat):
         stats["dead_frac"] = float(np.mean(~np.any(flat > 0, axis=0)))
     return stats

@@ -51,8 +51,9 @@ class TensorBoardSink:
         for key in LAYER_SCALARS:
             if key in entry:
                 self.writer.add_scalar(f"layers/{name}/{key}", entry[key], step)
-        hist, n = entry.get("hist"), entry.get("count", 0)
-        if hist and n:
+        hist = entry.get("hist")
+        n = sum(hist) if hist else 0  # the finite values (a diverging layer has others)
+        if n:
             lo, hi = entry["hist_range"]
             mean, std = entry["act_mean"], entry["act_std"]
             limits = [lo + (hi - lo) * (i + 1) / len(hist) for i in range(len(hist))]

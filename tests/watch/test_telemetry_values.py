@@ -279,3 +279,20 @@ def test_a_constant_low_rate_is_not_annealed(tmp_path):
 
 def test_a_new_tracer_is_not_due(tmp_path):
     assert not Tracer(tmp_path, 0, cap_mb=1.0).due()
+
+
+def test_nonfinite_activations_keep_the_line_valid_json(tmp_path):
+    """A diverging layer: the histogram of its finite values, the others counted, and a line
+    that strict JSON parses (non-finite numbers written as strings)."""
+    out = np.array([[1.0, np.inf], [np.nan, 2.0]], np.float32)
+    stats = activation_stats(out, relu=False)
+    assert stats["nonfinite"] == 2 and sum(stats["hist"]) == 2
+    assert stats["hist_range"] == [1.0, 2.0] and math.isnan(stats["act_mean"])
+    log = MetricsLog(tmp_path / "m.jsonl", True)
+    log.add({"split": "layers", "layers": {"dense0": stats}, "x": [1.0, float("-inf")]})
+
+    def refuse(name):
+        raise AssertionError(f"bare {name} in the line")
+
+    line = json.loads((tmp_path / "m.jsonl").read_text(), parse_constant=refuse)
+    assert line["layers"]["dense0"]["act_mean"] == "nan" and line["x"] == [1.0, "-inf"]
