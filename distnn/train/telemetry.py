@@ -176,7 +176,7 @@ def activation_stats(out: np.ndarray, relu: bool) -> dict:
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     hi = hi if hi > lo else lo + 1.0  # one value (a dead layer): bins of width 1/BINS
     counts, _ = np.histogram(values, bins=BINS, range=(lo, hi))
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore"):  # inf - inf in the std of a layer holding inf
         stats = {"act_mean": float(flat.mean(dtype=np.float64)) if flat.size else 0.0,
                  "act_std": float(flat.std(dtype=np.float64)) if flat.size else 0.0,
                  "count": int(flat.size), "hist": counts.tolist(), "hist_range": [lo, hi]}

@@ -288,6 +288,8 @@ def test_nonfinite_activations_keep_the_line_valid_json(tmp_path):
     stats = activation_stats(out, relu=False)
     assert stats["nonfinite"] == 2 and sum(stats["hist"]) == 2
     assert stats["hist_range"] == [1.0, 2.0] and math.isnan(stats["act_mean"])
+    infinite = activation_stats(np.array([[1.0, np.inf]], np.float32), relu=False)
+    assert infinite["act_mean"] == math.inf and math.isnan(infinite["act_std"])
     log = MetricsLog(tmp_path / "m.jsonl", True)
     log.add({"split": "layers", "layers": {"dense0": stats}, "x": [1.0, float("-inf")]})
 
