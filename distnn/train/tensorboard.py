@@ -51,8 +51,8 @@ class TensorBoardSink:
         for key in LAYER_SCALARS:
             if key in entry:
                 self.writer.add_scalar(f"layers/{name}/{key}", entry[key], step)
-        hist = entry.get("hist")
-        n = sum(hist) if hist else 0  # the finite values (a diverging layer has others)
+        hist: list[int] = entry.get("hist") or []
+        n = sum(hist)  # the finite values (a diverging layer has others)
         if n:
             lo, hi = entry["hist_range"]
             mean, std = entry["act_mean"], entry["act_std"]
