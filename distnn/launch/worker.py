@@ -3,13 +3,13 @@ a Ray actor), and the single place where an exception becomes an exit code."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from distnn import console
 from distnn.comm import Communicator
 from distnn.config import Config, ConfigError, check_world_size
+from distnn.console import one_line
 from distnn.data.errors import DataError
 from distnn.exit_codes import ExitCode
 from distnn.launch.rundir import resolve_run
@@ -56,20 +56,6 @@ def run_worker(cfg: Config, comm: Communicator, run_dir: str | None,
             console.err(f"distnn train: checkpoint write failed: {exc}")
         return Outcome(ExitCode.WRITE_FAILED, None, None)
     return Outcome(result.exit_code, result.run_dir, result.test)
-
-
-LINE_LIMIT = 1000  # characters of a bad-input message; a longer one is cut in the middle
-
-
-def one_line(message: object, limit: int = LINE_LIMIT) -> str:
-    """A bad-input message as one line of at most about `limit` characters: line breaks (and
-    their indentation) become spaces; a long message loses its middle, so that the key or file
-    named in front and what was expected at the end both stay."""
-    text = re.sub(r"\s*\n\s*", " ", str(message)).strip()
-    if len(text) > limit:
-        head, tail = text[:limit * 2 // 3], text[-(limit // 3):]
-        text = f"{head} ...[{len(text) - len(head) - len(tail)} characters cut]... {tail}"
-    return text
 
 
 def report(outcome: Outcome) -> None:

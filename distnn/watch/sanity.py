@@ -42,7 +42,6 @@ Exit 0 when every check passes, 1 when one fails, 2 for bad input (config, data,
 from __future__ import annotations
 
 import argparse
-import re
 
 from distnn import console
 from distnn.exit_codes import ExitCode
@@ -63,10 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="most updates of the overfitting check (default 200)")
 
 
-def _one_line(message: object) -> str:
-    return re.sub(r"\s*\n\s*", " ", str(message)).strip()
-
-
 def main(args: argparse.Namespace) -> int:
     from distnn.config import ConfigError
     from distnn.data import DataError
@@ -78,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         setup = _Setup(args)
     except (ConfigError, DataError, SpecError, ShapeError) as exc:
-        console.err(f"distnn sanity: {_one_line(exc)}")
+        console.err(f"distnn sanity: {console.one_line(exc)}")
         return ExitCode.BAD_INPUT
     return setup.run(args.steps)
 

@@ -27,11 +27,10 @@ import math
 import re
 from typing import Any
 
-from distnn.console import err
+from distnn.console import err, one_line
 from distnn.exit_codes import ExitCode
 
 FLOAT32_BYTES = 4
-LINE_LIMIT = 1000  # characters of the one error line; a longer message loses its middle
 CONVENTION = ("FLOPs per image, forward: multiply-add = 2; conv 2*K*K*Cin*Cout*Ho*Wo + "
               "Cout*Ho*Wo (bias); dense 2*in*out + out; activations, dropout, batchnorm "
               "(scale-and-shift) 1 per output; pooling, maxout 1 per window element per output; "
@@ -229,15 +228,6 @@ def format_table(report: dict[str, Any]) -> str:
             report["convention"], report["memory"]]
     out += [f"note: {n}" for n in report["notes"]]
     return "\n".join(out)
-
-
-def one_line(message: object, limit: int = LINE_LIMIT) -> str:
-    """A message as one line: line breaks become spaces, and a long one loses its middle."""
-    text = re.sub(r"\s*\n\s*", " ", str(message)).strip()
-    if len(text) > limit:
-        head, tail = text[:limit * 2 // 3], text[-(limit // 3):]
-        text = f"{head} ...[{len(text) - len(head) - len(tail)} characters cut]... {tail}"
-    return text
 
 
 def main(args: argparse.Namespace) -> int:
