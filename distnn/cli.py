@@ -1,4 +1,4 @@
-"""The `distnn` command line: train, evaluate, data, summary, sanity, plot, trace."""
+"""The `distnn` command line: train, evaluate, sweep, data, summary, sanity, plot, trace."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import argparse  # noqa: E402 - after the handlers, on purpose
 
 from distnn.data.commands import register_data_commands  # noqa: E402
 from distnn.launch.commands import register_train_commands  # noqa: E402
+from distnn.sweep.commands import register_sweep_command  # noqa: E402
 from distnn.watch.commands import register_watch_commands  # noqa: E402
 
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     register_train_commands(sub)
+    register_sweep_command(sub)
     register_data_commands(sub)
     register_watch_commands(sub)
     return parser

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from distnn import nn, optim
-from distnn.config.schema import SECTIONS, Config, ConfigError, build, mapping
+from distnn.config.schema import SECTIONS, Config, ConfigError, DataConfig, build, mapping
 from distnn.config.sections import drop_foreign, is_legacy, named, schedule_spec, section_config
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -150,6 +150,7 @@ def from_dict(raw: dict) -> Config:
     if cfg.model:  # all but the shapes, which need the data (checked when the model is built)
         with model_errors():
             nn.build_layers(cfg.model)
+    check_folds(cfg.data)
     t = cfg.train
     if t.groups > MAX_GROUPS:
         raise ConfigError(f"train.groups: {t.groups}, expected at most {MAX_GROUPS}")
@@ -158,6 +159,23 @@ def from_dict(raw: dict) -> Config:
                           f"{t.groups} groups; expected grad_accum <= groups (each micro-batch "
                           f"is a run of whole groups)")
     return cfg
+
+
+def check_folds(d: DataConfig) -> None:
+    """The cross-validation keys together: data.folds 0 (off) or >= 2, data.fold one of its
+    folds, and not beside a data.val_size hold-out (two validation sets)."""
+    if d.folds == 1:
+        raise ConfigError("data.folds: 1, expected 0 (off) or >= 2 (folds of the training "
+                          "split, one of them the validation set)")
+    if d.folds >= 2 and d.fold >= d.folds:
+        raise ConfigError(f"data.fold: {d.fold}, expected 0 to {d.folds - 1} (one of the "
+                          f"data.folds {d.folds} folds)")
+    if d.folds == 0 and d.fold > 0:
+        raise ConfigError(f"data.fold: {d.fold} with data.folds 0 (off), expected 0 or "
+                          f"data.folds >= 2")
+    if d.folds >= 2 and d.val_size > 0:
+        raise ConfigError(f"data.val_size: {d.val_size} with data.folds {d.folds}, expected "
+                          f"one of them (val_size 0 with folds, or folds 0 with val_size)")
 
 
 def _scaled_context(exc: ValueError, cfg: Config) -> ValueError:

@@ -26,6 +26,10 @@ class DataConfig:
     dataset: str = "mini_mnist"
     data_dir: str | None = None
     val_size: int = 0  # samples held out of the training split for validation (0: use test)
+    # Cross-validation: folds >= 2 cuts the training split into that many seeded folds; fold
+    # `fold` is the validation set, the others are trained on (0: off; not with val_size).
+    folds: int = 0
+    fold: int = 0
     augment: bool = False  # random crop (pad 4) + horizontal flip; off for digits
     normalize: bool = True
     prefetch: bool = True
@@ -158,10 +162,11 @@ CHOICES = {
 POSITIVE = {"train.epochs", "train.global_batch", "train.grad_accum", "schedule.reference_batch",
             "checkpoint.keep_best", "checkpoint.keep_last", "comm.workers", "train.groups",
             "train.divergence_factor", "log.warn_window", "log.trace_mb"}
-NON_NEGATIVE = {"seed", "data.val_size", "train.l2", "train.max_steps", "train.eval_every_steps",
-                "train.consistency_every", "train.threads", "train.clip_grad_norm",
-                "train.max_rollbacks", "early_stopping.patience",
-                "early_stopping.min_delta", "checkpoint.every_epochs", "checkpoint.every_steps",
+NON_NEGATIVE = {"seed", "data.val_size", "data.folds", "data.fold", "train.l2",
+                "train.max_steps", "train.eval_every_steps", "train.consistency_every",
+                "train.threads", "train.clip_grad_norm", "train.max_rollbacks",
+                "early_stopping.patience", "early_stopping.min_delta",
+                "checkpoint.every_epochs", "checkpoint.every_steps",
                 "comm.timeout", "comm.max_failures", "comm.workers_min", "comm.replace_timeout",
                 "log.every_steps", "log.layers_every_steps", "log.gap_warning"}
 OPEN_UNIT = {"train.rollback_lr_factor"}  # in (0, 1)

@@ -33,11 +33,11 @@ from ray.util.scheduling_strategies import (
     PlacementGroupSchedulingStrategy,
 )
 
+from distnn.comm.ray_cluster import BadInput, connect, log
 from distnn.comm.rendezvous import create_group, release_segments
 from distnn.config import Config, ConfigError
 from distnn.exit_codes import ExitCode
 from distnn.launch.lock import RunDirLock
-from distnn.launch.ray_cluster import BadInput, connect, log
 from distnn.launch.ray_elastic import (
     READY_TIMEOUT,
     WorkerRange,

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 
+from distnn.comm.ray_cluster import BadInput
 from distnn.config import Config
-from distnn.launch.ray_cluster import BadInput
 
 READY_TIMEOUT = 120.0  # seconds to wait for the placement group and the actors to start
 POLL = 0.5  # seconds between looks at the cluster's free CPUs

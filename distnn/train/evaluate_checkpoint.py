@@ -1,18 +1,48 @@
-"""Evaluate a saved checkpoint: the model spec, config and normalisation come from the file."""
+"""Evaluate a saved checkpoint: the model spec, config and normalisation come from the file.
+
+read_saved and fit_model are the loader that `distnn evaluate` and ensembles (ensemble.py)
+share: read the file (rank 0, broadcast), then build its model for a dataset and load it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from distnn.config import ConfigError, from_dict, parse_yaml
-from distnn.data import get_dataset
-from distnn.nn import StateError
+from distnn.config import Config, ConfigError, from_dict, parse_yaml
+from distnn.data import Dataset, get_dataset
+from distnn.nn import Sequential, StateError
 from distnn.nn import threads as nn_threads
+from distnn.train.checkpoint import Snapshot
 from distnn.train.errors import CheckpointError
 from distnn.train.evaluate import evaluate
 from distnn.train.run import load_on_root
 from distnn.train.setup import build_model, rank_threads
 from distnn.train.step import parameter_checksum
+
+
+def read_saved(path: Path, comm) -> tuple[Snapshot, Config]:
+    """The checkpoint at `path` (read on rank 0, broadcast) and the config saved in it.
+    An unreadable file or config is a CheckpointError naming the file.
+    Collective: all ranks must call."""
+    snap = load_on_root(path, None, comm)
+    assert snap is not None  # a path was given: a snapshot or a CheckpointError
+    try:
+        cfg = from_dict(parse_yaml(snap.config_yaml, "its config") or {})
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return snap, cfg
+
+
+def fit_model(path: Path, snap: Snapshot, cfg: Config, data: Dataset, name: str,
+              split: str) -> Sequential:
+    """The saved model built for `data`'s images and classes, with the saved parameters. A
+    model that does not fit them (image shape, number of classes, array shapes) is a
+    CheckpointError naming the file and `name` [`split`]."""
+    try:
+        model = build_model(cfg, data.image_shape, data.num_classes)
+        model.load_state_dict(snap.model)
+    except (ConfigError, StateError) as exc:
+        raise CheckpointError(f"{path}: its model does not fit {name} [{split}]: {exc}") from None
+    return model
 
 
 def evaluate_checkpoint(path: Path, comm, dataset: str | None, split: str,
@@ -21,19 +51,10 @@ def evaluate_checkpoint(path: Path, comm, dataset: str | None, split: str,
     'params_crc'} (the CRC-32 of the parameters, as on the run's epoch lines).
     A checkpoint whose saved config or arrays do not fit the dataset is a CheckpointError; the
     dataset's own errors are DataErrors (both name the file)."""
-    snap = load_on_root(path, None, comm)
-    assert snap is not None  # a path was given: a snapshot or a CheckpointError
-    try:
-        cfg = from_dict(parse_yaml(snap.config_yaml, "its config") or {})
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+    snap, cfg = read_saved(path, comm)
     name = dataset or cfg.data.dataset
     data = get_dataset(name, split, data_dir or cfg.data.data_dir)
-    try:
-        model = build_model(cfg, data.image_shape, data.num_classes)
-        model.load_state_dict(snap.model)
-    except (ConfigError, StateError) as exc:
-        raise CheckpointError(f"{path}: its model does not fit {name} [{split}]: {exc}") from None
+    model = fit_model(path, snap, cfg, data, name, split)
     # Under the thread limits of training (one-thread BLAS): the numbers of the run's test line.
     with nn_threads.limit(rank_threads(cfg.train.threads, comm.size)):
         result = evaluate(model, data, comm, snap.normalization, cfg.train.loss)

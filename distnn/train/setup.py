@@ -42,20 +42,44 @@ class Subset(Dataset):
 
 
 def load_splits(cfg: Config) -> Splits:
-    """train/val/test. With data.val_size > 0, validation is a seeded hold-out of the training
-    split (the same on every rank); otherwise the test split doubles as validation.
+    """train/val/test. With data.folds >= 2, validation is fold data.fold of the training split
+    and the other folds are trained on (fold_indices); with data.val_size > 0, validation is a
+    seeded hold-out of the training split; either is the same on every rank. Otherwise the test
+    split doubles as validation.
     """
     d = cfg.data
     train = get_dataset(d.dataset, "train", d.data_dir)
     test = get_dataset(d.dataset, "test", d.data_dir)
+    if d.folds >= 2:
+        if d.folds > len(train):
+            raise ConfigError(f"data.folds: {d.folds} folds of the {len(train)} training "
+                              f"samples, expected at most {len(train)} (each fold at least one "
+                              f"sample)")
+        kept, held = fold_indices(len(train), d.folds, d.fold, cfg.seed)
+        return Splits(Subset(train, kept, "train"), Subset(train, held, "val"), test)
     if d.val_size <= 0:
         return Splits(train, test, test)
     if d.val_size >= len(train):
         raise ConfigError(f"data.val_size: {d.val_size} must be < the {len(train)} training "
                           f"samples")
-    order = np.random.default_rng([cfg.seed, 7]).permutation(len(train))
+    order = holdout_order(len(train), cfg.seed)
     held, kept = np.sort(order[: d.val_size]), np.sort(order[d.val_size:])
     return Splits(Subset(train, kept, "train"), Subset(train, held, "val"), test)
+
+
+def holdout_order(n: int, seed: int) -> np.ndarray:
+    """(n,) int64: the seeded permutation of the training split that val_size and folds cut."""
+    return np.random.default_rng([seed, 7]).permutation(n)
+
+
+def fold_indices(n: int, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) sorted int64 indices into a training split of `n` samples: the seeded
+    permutation (holdout_order) cut by np.array_split into `folds` parts (sizes differ by at
+    most 1); part `fold` is validation, the rest is trained on. 2 <= folds <= n, fold < folds."""
+    parts = np.array_split(holdout_order(n, seed), folds)
+    held = np.sort(parts[fold])
+    kept = np.sort(np.concatenate([p for i, p in enumerate(parts) if i != fold]))
+    return kept, held
 
 
 def build_model(cfg: Config, image_shape: tuple[int, ...], num_classes: int) -> Sequential:

@@ -1,4 +1,5 @@
-"""Reaching a Ray cluster for the driver: one clear line when it cannot be reached."""
+"""Reaching a Ray cluster from a driver (`distnn train --backend ray`, `distnn sweep --backend
+ray`): one clear line when it cannot be reached."""
 
 from __future__ import annotations
 
