@@ -23,7 +23,7 @@ from distnn.comm import INSTALL_HINTS
 from distnn.exit_codes import ExitCode
 from distnn.sweep.local import cores, run_local, run_trial, trial_line
 from distnn.sweep.plan import stage_plans
-from distnn.sweep.records import FINAL, ranked, read_trials
+from distnn.sweep.records import FINAL, STOP_FILE, ranked, read_trials
 from distnn.sweep.spec import SweepError, SweepSpec, load_spec, read_sweep_yaml
 
 
@@ -80,6 +80,7 @@ def main(args: argparse.Namespace) -> int:
         return ExitCode.BAD_INPUT
     if args.trial is not None:
         return _one_trial(spec, sweep_dir, args.trial)
+    (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # an earlier stop request is done
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set())
                 for s in (signal.SIGTERM, signal.SIGINT)}

@@ -11,8 +11,11 @@ the cluster at --address.
   driver writes the trial's "stopped_asha" record.
 - Resume: `Tuner.restore` of the stage's experiment in <sweep_dir>/tune/stage-<s>; a trial
   started again continues from its run directory's checkpoint (`--resume auto`).
-- SIGTERM or SIGINT to the driver: Tune's own graceful stop (its SIGINT handling), then the
-  children checkpoint; the sweep exits 75.
+- SIGTERM or SIGINT to the driver writes the sweep's stop file: every trial runner stops its
+  `distnn train` child with SIGTERM (it checkpoints and exits 75) and its trainable raises, so
+  Tune ends the trial as errored and `Tuner.restore(resume_errored=True)` starts it again,
+  from the checkpoint. (Tune ending the actor itself would SIGKILL the child through Ray's
+  subreaper before it could checkpoint.) The sweep exits 75.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's progress tables off (verbose=0)
+os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SIGINT stops the sweep our way (below)
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -32,7 +36,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from distnn.comm.ray_cluster import BadInput, connect
 from distnn.sweep.local import Print, stage_epochs, trial_line
 from distnn.sweep.plan import describe_stage, stage_plans, stage_space
-from distnn.sweep.records import FINAL, append_record, read_trials
+from distnn.sweep.records import FINAL, STOP_FILE, append_record, read_trials
 from distnn.sweep.spec import SweepError, SweepSpec
 from distnn.sweep.trial import TrialPlan, TrialRunner, members, summarize, wait_unlocked
 
@@ -47,7 +51,12 @@ def _trainable(config: dict, sweep_dir: str, spec: SweepSpec) -> None:
             tune.report({"epochs": epochs, spec.metric: value})
         return True
 
-    TrialRunner(Path(sweep_dir), spec, plan, threads=1, judge=judge).run()
+    record = TrialRunner(Path(sweep_dir), spec, plan, threads=1, judge=judge).run()
+    if record["status"] == "interrupted":  # errored: Tuner.restore(resume_errored) reruns it
+        raise RuntimeError(f"{plan.trial}: interrupted by the sweep's stop request")
+    # Tune wants the metric in a trial's last result too (NaN: the trial has none).
+    metric = record["metric"] if record["metric"] is not None else float("nan")
+    tune.report({"epochs": record["epochs"], spec.metric: metric, "status": record["status"]})
 
 
 class _Ended(tune.Callback):
@@ -104,19 +113,22 @@ def run_ray(spec: SweepSpec, sweep_dir: Path, parallel: int, stop: threading.Eve
         connect(address or os.environ.get("RAY_ADDRESS"))
     except BadInput as exc:
         raise SweepError(str(exc)) from None
-    # SIGTERM asks Tune to stop the way Ctrl+C does (Tune handles SIGINT during fit).
-    def on_sigterm(*_) -> None:
-        stop.set()
-        os.kill(os.getpid(), signal.SIGINT)
+    stop_file = sweep_dir / STOP_FILE
+    stop_file.unlink(missing_ok=True)  # a resumed sweep: the old request is done
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    def on_signal(*_) -> None:
+        stop.set()
+        stop_file.touch()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     try:
         for stage in range(len(spec.stages)):
             plans = stage_plans(spec, sweep_dir, stage)
             say(describe_stage(spec, stage, stage_space(spec, sweep_dir, stage)[1]))
             ended = _Ended()
             _tuner(spec, sweep_dir, stage, plans, parallel, ended).fit()
-            settled = [_settle(spec, sweep_dir, plan, ended) for plan in plans]
+            settled = [_settle(spec, sweep_dir, plan, ended, stop) for plan in plans]
             for record in settled:
                 say(trial_line(record, spec.metric))
             if stop.is_set() or any(r["status"] == "interrupted" for r in settled):
@@ -126,22 +138,23 @@ def run_ray(spec: SweepSpec, sweep_dir: Path, parallel: int, stop: threading.Eve
     return True
 
 
-def _settle(spec: SweepSpec, sweep_dir: Path, plan: TrialPlan, ended: _Ended) -> dict:
+def _settle(spec: SweepSpec, sweep_dir: Path, plan: TrialPlan, ended: _Ended,
+            stop: threading.Event) -> dict:
     """The trial's record after its Tune trial ended: written by the trial itself, or here when
     Tune stopped it (ASHA), it raised, or the sweep was stopped."""
     record = read_trials(sweep_dir).get(plan.trial)
-    if record is not None and record["status"] in FINAL:
+    if record is not None and (record["status"] in FINAL or record["status"] == "interrupted"):
         return record
     for member in members(spec, plan.trial):  # its child may still be writing a checkpoint
         wait_unlocked(sweep_dir / member)
     spent = float((record or {}).get("wall_s") or 0.0)
     if record and record.get("started_at"):  # the time it ran in this Tune run
         spent += max(0.0, time.time() - record["started_at"])
-    if plan.trial in ended.errors:
+    if plan.trial in ended.errors and not stop.is_set():
         status, reason = "failed", f"the Tune trial raised: {ended.errors[plan.trial]}"
     elif plan.trial in ended.completed:
         status, reason = "stopped_asha", "ASHA (Ray Tune) stopped it at a rung"
-    else:
+    else:  # cut off, or never started, by the stop request
         return summarize(sweep_dir, spec, plan, "interrupted",
                          "the sweep was stopped; --resume continues it", spent)
     record = summarize(sweep_dir, spec, plan, status, reason, spent)

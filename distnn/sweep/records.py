@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 TRIALS = "trials.jsonl"
+STOP_FILE = "stop-request"  # present: every trial runner stops its run (after a checkpoint)
 FINAL = ("finished", "diverged", "stopped_asha", "failed")  # a resumed sweep does not rerun these
 LOWER_IS_BETTER = {"val_loss": True, "val_accuracy": False}
 

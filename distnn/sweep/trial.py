@@ -29,7 +29,7 @@ from pathlib import Path
 
 from distnn.config import save_config
 from distnn.exit_codes import ExitCode
-from distnn.sweep.records import FINAL, LOWER_IS_BETTER, append_record, read_trials
+from distnn.sweep.records import FINAL, LOWER_IS_BETTER, STOP_FILE, append_record, read_trials
 from distnn.sweep.spec import SweepSpec, trial_config
 
 POLL_S = 0.2
@@ -56,12 +56,14 @@ def members(spec: SweepSpec, trial: str) -> list[str]:
 
 
 def epoch_values(metrics: Path, metric: str) -> list[float]:
-    """The metric at every epoch end of a run's metrics.jsonl (a validation line after its
-    epoch's train line; mid-epoch validation lines come before it and are skipped)."""
-    values: list[float] = []
+    """The metric at every epoch end of a run's metrics.jsonl, epoch by epoch (a validation line
+    after its epoch's train line; mid-epoch validation lines come before it and are skipped).
+    An epoch run again (a trial resumed from an earlier checkpoint, or restarted after being
+    killed before its first) counts once, with its newest line."""
+    by_epoch: dict[int, float] = {}
     trained: set[int] = set()
     if not metrics.exists():
-        return values
+        return []
     key = "loss" if metric == "val_loss" else "accuracy"
     for line in metrics.read_text().splitlines():
         try:
@@ -71,8 +73,8 @@ def epoch_values(metrics: Path, metric: str) -> list[float]:
         if rec.get("split") == "train":
             trained.add(rec.get("epoch"))
         elif rec.get("split") == "val" and rec.get("epoch") in trained:
-            values.append(float(rec[key]))
-    return values
+            by_epoch[int(rec["epoch"])] = float(rec[key])
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def best(values: list[float], metric: str) -> float | None:
@@ -139,12 +141,17 @@ class TrialRunner:
         self.threads, self.judge = threads, judge
         self.stop = stop or threading.Event()
 
+    def stopping(self) -> bool:
+        """A stop request: this process's (the event) or the sweep's (its stop file, written by
+        a driver whose trials run in other processes: Ray Tune's actors)."""
+        return self.stop.is_set() or (self.sweep_dir / STOP_FILE).exists()
+
     def run(self) -> dict:
         earlier = read_trials(self.sweep_dir).get(self.plan.trial, {})
         if earlier.get("status") in FINAL:
             return earlier
         spent = float(earlier.get("wall_s") or 0.0)
-        if self.stop.is_set():  # the sweep is ending: not started, nothing written
+        if self.stopping():  # the sweep is ending: not started, nothing written
             return summarize(self.sweep_dir, self.spec, self.plan, "interrupted",
                              "not started before the sweep was stopped", spent)
         start = time.monotonic()
@@ -188,7 +195,7 @@ class TrialRunner:
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True, preexec_fn=_die_with_parent)
             while child.poll() is None and not stopped_at:
-                if self.stop.wait(POLL_S):
+                if self.stop.wait(POLL_S) or self.stopping():
                     _terminate(child)
                     break
                 values = epoch_values(run_dir / "metrics.jsonl", self.spec.metric)
@@ -201,7 +208,7 @@ class TrialRunner:
             code = child.wait()
         if stopped_at:
             return "stopped_asha", f"ASHA: below the cutoff of the rung at epoch {stopped_at}"
-        if self.stop.is_set():
+        if self.stopping():
             return "interrupted", "the sweep was stopped; --resume continues it"
         if code == ExitCode.OK:
             return "finished", "all epochs (or early stopping)"

@@ -7,6 +7,7 @@ by pid at the end.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from distnn.sweep.records import FINAL, read_trials
 from distnn.train.checkpoint import load_checkpoint
 from tests.distributed.slurm_cluster import Cluster, ensure_installed
+from tests.sweep.sweeps import write_sweep
 from tests.train.runs import (
     BIN,
     metrics,
@@ -30,6 +33,7 @@ from tests.train.runs import (
 REPO = Path(__file__).resolve().parents[2]
 MPI_SCRIPT = REPO / "slurm" / "train_mpi.sbatch"
 RAY_SCRIPT = REPO / "slurm" / "ray_on_slurm.sbatch"
+SWEEP_SCRIPT = REPO / "slurm" / "sweep.sbatch"
 VENV = Path(sys.prefix)  # the virtualenv running the tests holds distnn and mpich
 
 
@@ -172,3 +176,30 @@ def test_ray_on_slurm_runs_to_completion(cluster, tmp_path):
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, text)
     assert "training finished" in text, text
     assert metrics(rd)[-1]["split"] == "test"
+
+
+def test_sweep_as_job_arrays_runs_every_stage(cluster, tmp_path):
+    """`sbatch --array=0-1 slurm/sweep.sbatch SWEEP.yaml DIR`: one trial per array task, ASHA
+    through the shared rungs file, and the task that ends stage 0 submits stage 1's array."""
+    path = write_sweep(tmp_path, seed=10, metric="val_loss",
+                       stages=[{"trials": 2, "epochs": 2},
+                               {"trials": 1, "epochs": 2, "narrow_around_top": 1}],
+                       early_stop={"halving": "asha", "reduction_factor": 2})
+    job = cluster.sbatch("--array=0-1", "-o", str(tmp_path / "task-%a.out"), "--chdir",
+                         str(tmp_path), str(SWEEP_SCRIPT), path.name, "sw", env=job_env())
+    sweep_dir = tmp_path / "sw"
+
+    def ended() -> bool:
+        return read_trials(sweep_dir).get("s1-t000", {}).get("status") in FINAL
+
+    wait_for(ended, 240, "stage 1's trial (submitted by stage 0's last task)")
+    records = read_trials(sweep_dir)
+    assert sorted(records) == ["s0-t000", "s0-t001", "s1-t000"]
+    assert all(r["status"] in FINAL for r in records.values()), records
+    texts = [output(tmp_path / f"task-{i}.out") for i in (0, 1)]
+    assert sum("next stage: 1 trials: 1" in t for t in texts) == 1, texts
+    best = min((r for r in records.values() if r["stage"] == 0 and r["metric"] is not None),
+               key=lambda r: r["metric"])
+    note = [json.loads(line) for line in (sweep_dir / "stages.jsonl").read_text().splitlines()]
+    assert note[1]["around"] == [best["trial"]]
+    assert cluster.job(job)["JobState"] in ("COMPLETED", "")

@@ -163,3 +163,24 @@ def test_log_space_metric_is_the_best_epoch(tmp_path):
     assert 0.02 <= record["params"]["schedule.base_lr"] <= 0.2
     cfg = yaml.safe_load((tmp_path / "sw" / "s0-t000" / "config.yaml").read_text())
     assert cfg["train"]["divergence_factor"] == 3.0  # divergence 0: the base config's rule
+
+
+def test_cross_validation_folds(tmp_path):
+    """--folds 2: each trial is two runs, one per fold; its metric is their mean."""
+    path = write_sweep(tmp_path, stages=[{"trials": 2, "epochs": 1}])
+    out = sweep(path, "--folds", "2", "--parallel", "2", "--run-dir", "sw", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for record in final(tmp_path / "sw").values():
+        assert record["members"] == [f"{record['trial']}/fold-{i}" for i in (0, 1)]
+        accs = []
+        for i, member in enumerate(record["members"]):
+            (line,) = epoch_lines(tmp_path / "sw" / member)
+            assert line["n"] == 4000  # half of mini MNIST's 8000 training images
+            cfg = yaml.safe_load((tmp_path / "sw" / member / "config.yaml").read_text())
+            assert (cfg["data"]["folds"], cfg["data"]["fold"], cfg["data"]["val_size"]) == \
+                (2, i, 0)
+            accs.append(line["accuracy"])
+        assert record["fold_metrics"] == accs
+        assert record["metric"] == pytest.approx(sum(accs) / 2, abs=1e-15)
+        assert record["metric_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2, abs=1e-15)
+    assert "±" in out.stdout

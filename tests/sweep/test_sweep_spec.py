@@ -126,3 +126,11 @@ def test_narrowing_around_the_top_trials():
     assert one[0].values == pytest.approx((1e-4, math.exp(math.log(1e-4) + width)))
     assert one[1].values == pytest.approx((0.6 - MIN_WIDTH * 0.6, 0.6))
     assert one[2].values == (95, 100) and one[3].values == ("b",)
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "fashion_mnist.yaml"])
+def test_the_example_sweeps_load(name):
+    from pathlib import Path
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "sweeps" / name)
+    assert spec.trials == sum(s.trials for s in spec.stages) and len(spec.stages) == 2
