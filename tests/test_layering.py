@@ -85,3 +85,14 @@ def test_train_never_imports_watch():
     users = sorted(m for m, edges in graph.items() if m.startswith(("distnn.train", "distnn.nn"))
                    and any(e.startswith("distnn.watch") for e in edges))
     assert users == [], users
+
+
+def test_only_the_entry_point_and_evaluate_import_sweep():
+    """sweep starts runs as child processes: a run (train, nn, watch, ...) never depends on it;
+    cli.py registers it and launch's `evaluate --ensemble-top` reads its records."""
+    graph = import_graph()
+    assert "distnn.sweep.ray_tune" in graph and "distnn.sweep.trial" in graph
+    users = sorted({m.rsplit(".", 1)[0] if m != "distnn.cli" else m
+                    for m, edges in graph.items() if not m.startswith("distnn.sweep")
+                    and any(e.startswith("distnn.sweep") for e in edges)})
+    assert users == ["distnn.cli", "distnn.launch"], users

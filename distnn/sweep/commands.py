@@ -36,7 +36,8 @@ def register_sweep_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="local", choices=("local", "ray"),
                    help="local: child processes here (default); ray: Ray Tune trials")
     p.add_argument("--parallel", type=int, default=None, metavar="K",
-                   help="trials at once (default: cores // workers_per_trial)")
+                   help="trials at once (default: local, cores // workers_per_trial; ray, as "
+                        "many as the cluster has CPUs for)")
     p.add_argument("--run-dir", default=None, metavar="DIR",
                    help="the sweep directory (default: runs/<sweep file name>)")
     p.add_argument("--resume", action="store_true",
@@ -68,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         return ExitCode.BAD_INPUT
     try:
         spec = load_spec(args.sweep, args.folds)
-        parallel = _parallel(args.parallel, spec)
+        parallel = _parallel(args.parallel, spec, args.backend)
         sweep_dir = _prepare(spec, Path(args.run_dir or Path("runs") / Path(args.sweep).stem),
                              args.resume or args.trial is not None)
     except SweepError as exc:
@@ -84,8 +85,9 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set())
                 for s in (signal.SIGTERM, signal.SIGINT)}
+    at_once = f"{parallel} at a time" if parallel else "as many at a time as there are CPUs"
     print(f"sweep {sweep_dir}: {spec.trials} trial(s), {len(spec.stages)} stage(s), "
-          f"{parallel} at a time, {args.backend} backend", flush=True)
+          f"{at_once}, {args.backend} backend", flush=True)
     try:
         if args.backend == "ray":
             from distnn.sweep.ray_tune import run_ray  # imports ray: only when chosen
@@ -166,9 +168,11 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _parallel(asked: int | None, spec: SweepSpec) -> int:
+def _parallel(asked: int | None, spec: SweepSpec, backend: str) -> int:
+    """Trials at once: --parallel, else (local) cores // W, else (ray) 0: as many as the
+    cluster has CPUs for (Tune places them)."""
     if asked is None:
-        return max(1, cores() // spec.workers_per_trial)
+        return 0 if backend == "ray" else max(1, cores() // spec.workers_per_trial)
     if asked < 1:
         raise SweepError(f"--parallel: {asked}, expected at least 1")
     return asked

@@ -101,7 +101,8 @@ def _tuner(spec: SweepSpec, sweep_dir: Path, stage: int, plans: list[TrialPlan],
         trainable,
         param_space={"plan": tune.grid_search([plan.__dict__ for plan in plans])},
         tune_config=tune.TuneConfig(scheduler=_scheduler(spec, stage),
-                                    max_concurrent_trials=parallel, reuse_actors=False),
+                                    max_concurrent_trials=parallel or None,
+                                    reuse_actors=False),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
                                   callbacks=[ended]))
 
