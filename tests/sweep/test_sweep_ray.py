@@ -56,6 +56,7 @@ def test_ray_tune_takes_the_same_trials_and_decisions_as_the_local_backend(head,
     assert (tmp_path / "ray" / "tune" / "stage-0").is_dir()
 
 
+@pytest.mark.slow  # twin: the local backend's SIGTERM-and-resume test runs by default
 def test_sigterm_to_the_ray_driver_then_resume(head, tmp_path):
     path = write_sweep(tmp_path, seed=9, stages=[{"trials": 2, "epochs": 5}])
     proc = subprocess.Popen([str(BIN / "distnn"), "sweep", str(path), "--backend", "ray",
