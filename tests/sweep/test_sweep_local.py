@@ -13,7 +13,8 @@ import yaml
 
 from distnn.sweep.sample import narrow
 from distnn.sweep.spec import load_spec
-from tests.sweep.sweeps import BIN, epoch_lines, final, sweep, write_sweep
+from tests.sweep.sweeps import BASE, BIN, epoch_lines, final, sweep, write_sweep
+from tests.train.runs import mpiexec
 
 ray_hyperband = pytest.importorskip("ray.tune.schedulers.async_hyperband",
                                     reason="Ray Tune not installed (pip install 'distnn[ray]')")
@@ -189,3 +190,21 @@ def test_cross_validation_folds(tmp_path):
         assert record["metric"] == pytest.approx(sum(accs) / 2, abs=1e-15)
         assert record["metric_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2, abs=1e-15)
     assert "±" in out.stdout
+
+
+def test_a_trial_on_two_mpi_ranks(tmp_path):
+    """workers_per_trial: 2: the trial is `mpiexec -n 2 distnn train`, and computes what one
+    process computes (the invariant step: the same bits)."""
+    mpiexec()  # skips without mpi4py / mpiexec
+    base = {**BASE, "train": {**BASE["train"], "invariant": True}}
+    one = write_sweep(tmp_path / "one", base=base, stages=[{"trials": 1, "epochs": 1}])
+    two = write_sweep(tmp_path / "two", base=base, stages=[{"trials": 1, "epochs": 1}],
+                      workers_per_trial=2)
+    for path in (one, two):
+        out = sweep(path, "--run-dir", "sw", cwd=path.parent)
+        assert out.returncode == 0, out.stderr
+    log = (tmp_path / "two" / "sw" / "logs" / "s0-t000.log").read_text()
+    assert "rank 1 of 2" in log
+    crcs = [[rec["params_crc"] for rec in epoch_lines(tmp_path / d / "sw" / "s0-t000")]
+            for d in ("one", "two")]
+    assert crcs[0] == crcs[1] and len(crcs[0]) == 1
