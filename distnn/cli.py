@@ -10,6 +10,9 @@ from distnn.train import signals
 # a second to import below, and a SIGTERM then must still end the run resumably (exit 75).
 if sys.argv[1:2] == ["train"]:
     signals.hold_for_process()
+    from distnn.sweep.orphan import die_with_sweep
+
+    die_with_sweep()  # a trial of `distnn sweep`: stop (after a checkpoint) when the sweep dies
 
 import argparse  # noqa: E402 - after the handlers, on purpose
 

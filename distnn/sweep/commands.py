@@ -10,9 +10,11 @@ running trial wrote its checkpoint: `--resume` continues).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import importlib.util
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from distnn.exit_codes import ExitCode
 from distnn.sweep.local import cores, run_local, run_trial, trial_line
 from distnn.sweep.plan import stage_plans
 from distnn.sweep.records import FINAL, STOP_FILE, ranked, read_trials
-from distnn.sweep.spec import SweepError, SweepSpec, load_spec, read_sweep_yaml
+from distnn.sweep.spec import SweepError, SweepFailed, SweepSpec, load_spec, read_sweep_yaml
 
 
 def register_sweep_command(sub: argparse._SubParsersAction) -> None:
@@ -72,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
         parallel = _parallel(args.parallel, spec, args.backend)
         sweep_dir = _prepare(spec, Path(args.run_dir or Path("runs") / Path(args.sweep).stem),
                              args.resume or args.trial is not None)
+        lock = None if args.trial is not None else _lock(sweep_dir)
     except SweepError as exc:
         console.err(f"distnn sweep: {exc}")
         return ExitCode.BAD_INPUT
@@ -97,10 +100,12 @@ def main(args: argparse.Namespace) -> int:
             done = run_local(spec, sweep_dir, parallel, stop, _say)
     except SweepError as exc:
         console.err(f"distnn sweep: {exc}")
-        return ExitCode.FAILED
+        return ExitCode.FAILED if isinstance(exc, SweepFailed) else ExitCode.BAD_INPUT
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if lock is not None:
+            lock.close()
     print(table(read_trials(sweep_dir), spec.metric), flush=True)
     if not done:
         console.err(f"distnn sweep: stopped; continue with: distnn sweep {args.sweep} "
@@ -193,11 +198,33 @@ def _prepare(spec: SweepSpec, sweep_dir: Path, resume: bool) -> Path:
         return sweep_dir
     if resume and (sweep_dir / "trials.jsonl").exists():
         raise SweepError(f"{sweep_dir} has trials but no sweep.yaml; expected a sweep directory")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     tmp = existing.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(wanted, sort_keys=False))
-    tmp.replace(existing)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(yaml.safe_dump(wanted, sort_keys=False))
+        tmp.replace(existing)
+    except OSError as exc:
+        raise SweepError(f"--run-dir {sweep_dir}: cannot write the sweep there: "
+                         f"{exc.strerror or exc}; expected a writable directory") from None
     return sweep_dir
+
+
+def _lock(sweep_dir: Path):
+    """One driver per sweep directory: an fcntl lock held until the driver exits."""
+    fh = open(sweep_dir / "sweep.lock", "a+")  # noqa: SIM115 - held for the driver's life
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise SweepError(f"{sweep_dir}: another `distnn sweep` holds its lock (taken last by "
+                         f"{holder}); expected one driver per sweep directory") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    fh.flush()
+    return fh
 
 
 def table(records: dict[str, dict], metric: str) -> str:

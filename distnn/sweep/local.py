@@ -11,8 +11,8 @@ from pathlib import Path
 
 from distnn.sweep.asha import Asha
 from distnn.sweep.plan import describe_stage, stage_plans, stage_space
-from distnn.sweep.spec import SweepSpec
-from distnn.sweep.trial import Judge, TrialPlan, TrialRunner
+from distnn.sweep.spec import SweepError, SweepSpec
+from distnn.sweep.trial import BAD_INPUT, Judge, TrialPlan, TrialRunner
 
 Print = Callable[[str], None]
 
@@ -59,10 +59,18 @@ def run_local(spec: SweepSpec, sweep_dir: Path, parallel: int, stop: threading.E
     for stage in range(len(spec.stages)):
         plans = stage_plans(spec, sweep_dir, stage)
         say(describe_stage(spec, stage, stage_space(spec, sweep_dir, stage)[1]))
+        refused = None
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             futures = [pool.submit(run_trial, spec, sweep_dir, p, threads, stop) for p in plans]
             for future in as_completed(futures):
-                say(trial_line(future.result(), spec.metric))
+                record = future.result()
+                say(trial_line(record, spec.metric))
+                if refused is None and record["reason"].startswith(BAD_INPUT):
+                    refused = record  # the others would be refused too: stop them
+                    stop.set()
+        if refused is not None:
+            raise SweepError(f"{refused['trial']}: its `distnn train` refused its config: "
+                             f"{refused['reason'][len(BAD_INPUT):]}")
         if stop.is_set():
             return False
     return True

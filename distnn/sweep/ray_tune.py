@@ -66,12 +66,22 @@ class _Ended(tune.Callback):
     def __init__(self) -> None:
         self.completed: set[str] = set()
         self.errors: dict[str, str] = {}
+        self.ended_at: dict[str, float] = {}  # time.time() when Tune ended it
+        self.epochs: dict[str, int] = {}  # the epochs of its last result
+
+    def _note(self, trial) -> str:
+        name = trial.config["plan"]["trial"]
+        self.ended_at[name] = time.time()
+        last = trial.last_result or {}
+        if isinstance(last.get("epochs"), int):
+            self.epochs[name] = last["epochs"]
+        return name
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.completed.add(trial.config["plan"]["trial"])
+        self.completed.add(self._note(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.errors[trial.config["plan"]["trial"]] = str(trial.error_file or "see its log")
+        self.errors[self._note(trial)] = str(trial.error_file or "see its log")
 
 
 def _scheduler(spec: SweepSpec, stage: int):
@@ -150,7 +160,7 @@ def _settle(spec: SweepSpec, sweep_dir: Path, plan: TrialPlan, ended: _Ended,
         wait_unlocked(sweep_dir / member)
     spent = float((record or {}).get("wall_s") or 0.0)
     if record and record.get("started_at"):  # the time it ran in this Tune run
-        spent += max(0.0, time.time() - record["started_at"])
+        spent += max(0.0, ended.ended_at.get(plan.trial, time.time()) - record["started_at"])
     if plan.trial in ended.errors and not stop.is_set():
         status, reason = "failed", f"the Tune trial raised: {ended.errors[plan.trial]}"
     elif plan.trial in ended.completed:
@@ -158,6 +168,7 @@ def _settle(spec: SweepSpec, sweep_dir: Path, plan: TrialPlan, ended: _Ended,
     else:  # cut off, or never started, by the stop request
         return summarize(sweep_dir, spec, plan, "interrupted",
                          "the sweep was stopped; --resume continues it", spent)
-    record = summarize(sweep_dir, spec, plan, status, reason, spent)
+    cut = ended.epochs.get(plan.trial) if status == "stopped_asha" else None
+    record = summarize(sweep_dir, spec, plan, status, reason, spent, cut)  # ASHA's epochs only
     append_record(sweep_dir, record)
     return record

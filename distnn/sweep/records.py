@@ -76,9 +76,10 @@ def read_trials(sweep_dir: Path) -> dict[str, dict]:
 
 
 def ranked(records: dict[str, dict] | list[dict], metric: str) -> list[dict]:
-    """The trials with a metric, best first (ties: the earlier stage, then the lower index)."""
+    """The trials that ended with a metric, best first (ties: the earlier stage, then the lower
+    index). A running or interrupted trial's metric is partial: it is not ranked."""
     rows = list(records.values()) if isinstance(records, dict) else list(records)
-    scored = [r for r in rows if isinstance(r.get("metric"), (int, float))
-              and math.isfinite(r["metric"])]
+    scored = [r for r in rows if r.get("status") in FINAL
+              and isinstance(r.get("metric"), (int, float)) and math.isfinite(r["metric"])]
     sign = 1.0 if LOWER_IS_BETTER[metric] else -1.0
     return sorted(scored, key=lambda r: (sign * r["metric"], r["stage"], r["index"]))

@@ -43,7 +43,12 @@ HALVING = ("none", "asha")
 
 
 class SweepError(ValueError):
-    """A sweep file's key is unknown, of the wrong type or out of range."""
+    """A sweep file's key is unknown, of the wrong type or out of range (exit 2)."""
+
+
+class SweepFailed(SweepError):
+    """The sweep cannot go on, through no fault of its file (exit 1): e.g. every trial of a
+    stage diverged, so there is nothing to narrow around."""
 
 
 @dataclass(frozen=True)
@@ -96,13 +101,14 @@ class SweepSpec:
         return "min" if self.metric == "val_loss" else "max"
 
     def to_dict(self) -> dict:
-        """Plain data for sweep.yaml: every default filled in (base_raw left out)."""
+        """Plain data for sweep.yaml: every default filled in, and the base config's data."""
         out: dict[str, Any] = {
             "base": self.base, "seed": self.seed, "trials": self.trials,
             "workers_per_trial": self.workers_per_trial,
             "space": {d.key: {d.kind: list(d.values)} for d in self.space},
             "stages": [asdict(s) for s in self.stages], "metric": self.metric,
-            "early_stop": asdict(self.early_stop), "folds": self.folds}
+            "early_stop": asdict(self.early_stop), "folds": self.folds,
+            "base_config": self.base_raw}  # what `base` held when the sweep started
         return out
 
 
@@ -210,22 +216,26 @@ def _early_stop(raw) -> EarlyStop:
     rf = _number("early_stop.reduction_factor", raw.get("reduction_factor", 4.0), 1.0)
     if rf <= 1:
         raise SweepError(f"early_stop.reduction_factor: {rf!r}, expected a number > 1")
-    return EarlyStop(_number("early_stop.divergence", raw.get("divergence", 3.0)), halving, rf,
+    divergence = _number("early_stop.divergence", raw.get("divergence", 3.0))
+    if 0 < divergence <= 1:
+        raise SweepError(f"early_stop.divergence: {divergence!r}, expected 0 (the base config's "
+                         f"rule) or a factor > 1 of the first loss")
+    return EarlyStop(divergence, halving, rf,
                      _int("early_stop.grace_epochs", raw.get("grace_epochs", 1), 1))
 
 
 def resolve_base(base, folder: Path) -> tuple[str, dict]:
-    """(the base as sweep.yaml records it, its raw config data): a path as given, else
-    relative to the sweep file's folder, else a bundled config name."""
+    """(the base as sweep.yaml records it, its raw config data): a path (absolute, or relative
+    to the sweep file's folder), else a bundled config name."""
     if not isinstance(base, str) or not base:
         raise SweepError(f"base: {base!r}, expected a bundled config name or a config path")
-    for path in (Path(base), folder / base):
-        if path.is_file():
-            return str(path.resolve()), read_config_file(path)
+    path = folder / base  # an absolute `base` stays itself
+    if path.is_file():
+        return str(path.resolve()), read_config_file(path)
     if bundled_config_path(base).is_file():
         return base, read_config_file(bundled_config_path(base))
-    raise SweepError(f"base: {base!r} is neither a config file (here or beside the sweep file) "
-                     f"nor a bundled config name")
+    raise SweepError(f"base: {base!r} is neither a config file beside the sweep file "
+                     f"({path}) nor a bundled config name")
 
 
 def parse_spec(raw, folder: Path, folds: int | None = None) -> SweepSpec:
@@ -260,6 +270,11 @@ def parse_spec(raw, folder: Path, folds: int | None = None) -> SweepSpec:
         raise SweepError(f"early_stop.halving: {spec.early_stop.halving} with folds: "
                          f"{spec.folds}; expected one of them (a cross-validated trial is "
                          f"judged on the mean of its folds, known only at its end)")
+    taken = reserved(spec)
+    for dim in space:
+        if dim.key in taken:
+            raise SweepError(f"space.{dim.key}: the sweep sets this key itself ({taken[dim.key]});"
+                             f" expected another key")
     for dim in space:  # every value the space can give must make a valid config
         probes = dim.values if dim.kind == "choice" else dim.values[:2]
         for value in probes:
@@ -268,6 +283,19 @@ def parse_spec(raw, folder: Path, folds: int | None = None) -> SweepSpec:
             except SweepError as exc:
                 raise SweepError(f"space.{dim.key}: {exc}") from None
     return spec
+
+
+def reserved(spec: SweepSpec) -> dict[str, str]:
+    """The config keys trial_config sets, so a space may not search them: {key: why}."""
+    out = {"train.epochs": "a stage's epochs", "train.threads": "from --parallel",
+           "comm.backend": "from workers_per_trial",
+           "early_stopping.monitor": "the sweep's metric", "early_stopping.mode": "the metric's"}
+    if spec.early_stop.divergence:
+        out.update({"train.divergence_factor": "early_stop.divergence",
+                    "train.on_divergence": "early_stop.divergence"})
+    if spec.folds:
+        out.update({k: "folds" for k in ("data.val_size", "data.folds", "data.fold")})
+    return out
 
 
 def load_spec(path: str | Path, folds: int | None = None) -> SweepSpec:
@@ -334,7 +362,9 @@ def trial_config(spec: SweepSpec, params: dict, stage: int, fold: int | None = N
                       "train.on_divergence=stop"]
     if fold is not None:
         overrides += ["data.val_size=0", f"data.folds={spec.folds}", f"data.fold={fold}"]
-    overrides += [f"train.threads={threads}", f"comm.backend={backend}"]
+    overrides += [f"train.threads={threads}", f"comm.backend={backend}",
+                  f"early_stopping.monitor={spec.metric}",  # best.h5: the metric's best epoch
+                  f"early_stopping.mode={spec.mode}"]
     try:
         return from_dict(apply_overrides(raw, overrides))
     except ConfigError as exc:

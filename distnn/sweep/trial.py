@@ -12,7 +12,6 @@ stopped by its scheduler leaves no training process behind.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import math
@@ -29,10 +28,12 @@ from pathlib import Path
 
 from distnn.config import save_config
 from distnn.exit_codes import ExitCode
+from distnn.sweep.orphan import PARENT_ENV
 from distnn.sweep.records import FINAL, LOWER_IS_BETTER, STOP_FILE, append_record, read_trials
 from distnn.sweep.spec import SweepSpec, trial_config
 
 POLL_S = 0.2
+BAD_INPUT = "bad input (exit 2): "  # a failed trial's reason: its config or data was refused
 Judge = Callable[[int, float], bool]  # (epochs done, metric) -> go on?
 
 
@@ -85,10 +86,11 @@ def best(values: list[float], metric: str) -> float | None:
 
 
 def summarize(sweep_dir: Path, spec: SweepSpec, plan: TrialPlan, status: str, reason: str,
-              wall_s: float) -> dict:
-    """The trial's record from what its run directories hold."""
+              wall_s: float, cut: int | None = None) -> dict:
+    """The trial's record from what its run directories hold; `cut`: the epochs a trial
+    stopped by ASHA is credited with (its run may have gone on a little before it stopped)."""
     dirs = members(spec, plan.trial)
-    per = [epoch_values(Path(sweep_dir) / d / "metrics.jsonl", spec.metric) for d in dirs]
+    per = [epoch_values(Path(sweep_dir) / d / "metrics.jsonl", spec.metric)[:cut] for d in dirs]
     bests = [best(v, spec.metric) for v in per]
     metric: float | None
     spread = None
@@ -105,12 +107,6 @@ def summarize(sweep_dir: Path, spec: SweepSpec, plan: TrialPlan, status: str, re
             "fold_metrics": bests if spec.folds else None,
             "epochs": max((len(v) for v in per), default=0), "wall_s": round(wall_s, 3),
             "reason": reason, "members": dirs}
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the thread that started it ends (Linux; elsewhere nothing)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def mpiexec() -> str:
@@ -159,12 +155,16 @@ class TrialRunner:
                                                    "running", "", spent),
                                        "started_at": time.time()})
         status, reason = "finished", "all epochs (or early stopping)"
-        for fold, member in enumerate(members(self.spec, self.plan.trial)):
-            status, reason = self._run_member(member, fold if self.spec.folds else None)
-            if status != "finished":
-                break
+        cut = None
+        try:
+            for fold, member in enumerate(members(self.spec, self.plan.trial)):
+                status, reason, cut = self._run_member(member, fold if self.spec.folds else None)
+                if status != "finished":
+                    break
+        except Exception as exc:  # noqa: BLE001 - the trial's failure is recorded, not raised
+            status, reason = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         record = summarize(self.sweep_dir, self.spec, self.plan, status, reason,
-                           spent + time.monotonic() - start)
+                           spent + time.monotonic() - start, cut)
         append_record(self.sweep_dir, record)
         return record
 
@@ -181,42 +181,52 @@ class TrialRunner:
             cmd = [mpiexec(), "-n", str(self.spec.workers_per_trial), *cmd]
         return cmd
 
-    def _run_member(self, member: str, fold: int | None) -> tuple[str, str]:
+    def _run_member(self, member: str, fold: int | None) -> tuple[str, str, int | None]:
+        """(status, reason, epochs credited when stopped by the judge, else None)."""
         run_dir = self.sweep_dir / member
         if _has_test_line(run_dir / "metrics.jsonl"):
-            return "finished", "all epochs (or early stopping)"  # done before a resume
+            return "finished", "all epochs (or early stopping)", None  # done before a resume
+        wait_unlocked(run_dir)  # a run of an earlier, killed sweep may still be stopping
         logs = self.sweep_dir / "logs"
         logs.mkdir(exist_ok=True)
         log = logs / f"{member.replace('/', '.')}.log"
         judged = len(epoch_values(run_dir / "metrics.jsonl", self.spec.metric))
         stopped_at = 0  # the epoch at whose end the judge stopped the run
+        env = {**os.environ, PARENT_ENV: str(os.getpid())}
         with open(log, "ab") as out:
             child = subprocess.Popen(self._command(member, fold), stdout=out,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, preexec_fn=_die_with_parent)
-            while child.poll() is None and not stopped_at:
-                if self.stop.wait(POLL_S) or self.stopping():
+                                     start_new_session=True, env=env)
+            while not stopped_at:
+                ended = child.poll() is not None
+                if not ended and (self.stop.wait(POLL_S) or self.stopping()):
                     _terminate(child)
                     break
                 values = epoch_values(run_dir / "metrics.jsonl", self.spec.metric)
                 for n in range(judged + 1, len(values) + 1):
-                    if self.judge is not None and not self.judge(n, values[n - 1]):
+                    judged = n
+                    if self.judge is not None and not self.judge(n, values[n - 1]) \
+                            and not ended:  # an ended run's epochs are only recorded
                         stopped_at = n
                         _terminate(child)
                         break
-                    judged = n
+                if ended:
+                    break
             code = child.wait()
         if stopped_at:
-            return "stopped_asha", f"ASHA: below the cutoff of the rung at epoch {stopped_at}"
+            return ("stopped_asha", f"ASHA: below the cutoff of the rung at epoch {stopped_at}",
+                    stopped_at)
         if self.stopping():
-            return "interrupted", "the sweep was stopped; --resume continues it"
+            return "interrupted", "the sweep was stopped; --resume continues it", None
         if code == ExitCode.OK:
-            return "finished", "all epochs (or early stopping)"
+            return "finished", "all epochs (or early stopping)", None
         if code == ExitCode.DIVERGED:
-            return "diverged", _last_line(log) or "the loss diverged"
+            return "diverged", _last_line(log) or "the loss diverged", None
         if code == ExitCode.RESUMABLE:
-            return "interrupted", "the run was stopped (SIGTERM); --resume continues it"
-        return "failed", f"exit {code}: {_last_line(log)}"
+            return "interrupted", "the run was stopped (SIGTERM); --resume continues it", None
+        if code == ExitCode.BAD_INPUT:
+            return "failed", f"{BAD_INPUT}{_last_line(log)}", None
+        return "failed", f"exit {code}: {_last_line(log)}", None
 
 
 def _terminate(child: subprocess.Popen) -> None:

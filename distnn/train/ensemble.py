@@ -51,7 +51,8 @@ def block_sums(probs: np.ndarray, y: np.ndarray) -> tuple[float, int]:
     of probabilities (N, K) with labels y (N,)."""
     rows = np.arange(len(y))
     p_true = np.maximum(probs[rows, y], TINY)  # NaN stays NaN
-    return float(-np.log(p_true).sum()), int(np.count_nonzero(probs.argmax(axis=1) == y))
+    right = (probs.argmax(axis=1) == y) & np.isfinite(probs).all(axis=1)  # NaN: never right
+    return float(-np.log(p_true).sum()), int(np.count_nonzero(right))
 
 
 def evaluate_ensemble(paths: list[Path], comm: Communicator, dataset: str | None, split: str,

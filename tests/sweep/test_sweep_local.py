@@ -4,6 +4,7 @@ mini MNIST; ASHA, the divergence kill, coarse to fine, seeds, resume after SIGTE
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -48,14 +49,15 @@ def test_two_stages_asha_and_a_diverging_trial(tmp_path):
         if r["status"] == "diverged":
             continue
         values = [rec["loss"] for rec in epoch_lines(sweep_dir / r["trial"])]
-        expected = "finished"
+        expected, credited = "finished", len(values)
         for epoch, value in enumerate(values[:2], 1):  # the last (3rd) epoch's end is no rung
             trial = type("T", (), {"trial_id": r["trial"]})()
             if bracket.on_result(trial, epoch, -value) == "STOP":
-                expected = "stopped_asha"
+                expected, credited = "stopped_asha", epoch
                 break
         assert r["status"] == expected, (r, values)
-        assert r["metric"] == min(values) and r["epochs"] == len(values)
+        # A stopped trial is credited with the epochs up to its rung, whatever it ran after.
+        assert r["metric"] == min(values[:credited]) and r["epochs"] == credited
     assert any(r["status"] == "stopped_asha" for r in stage0)
     # Stage 1 draws inside the space narrowed around stage 0's best two (stages.jsonl says so).
     spec = load_spec(path)
@@ -152,9 +154,37 @@ def test_bad_input_from_the_command_line(tmp_path):
         ((good, "--trial", "1:0", "--run-dir", "x"), "distnn sweep: --trial '1:0', expected "
                                                       "STAGE:INDEX with a stage below 1 and an "
                                                       "index below that stage's trials"),
+        ((good, "--run-dir", "good.yaml"), "distnn sweep: --run-dir good.yaml: cannot write the "
+                                           "sweep there: File exists; expected a writable "
+                                           "directory"),
     ]:
         out = sweep(*args, cwd=tmp_path)
         assert (out.returncode, out.stderr) == (2, line + "\n"), args
+    # A trial whose `distnn train` refuses its config (more folds than samples) ends the sweep
+    # with that trial's line, and exit 2, instead of running every other trial into it.
+    out = sweep(good, "--folds", "9000", "--run-dir", "folds", "--parallel", "1", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr == ("distnn sweep: s0-t000: its `distnn train` refused its config: "
+                          "distnn train [rank 0]: data.folds: 9000 folds of the 8000 training "
+                          "samples, expected at most 8000 (each fold at least one sample)\n")
+    assert [r["status"] for r in final(tmp_path / "folds").values()] == ["failed"]
+
+
+def test_one_driver_per_sweep_directory_and_the_base_config_is_kept(tmp_path):
+    import fcntl
+
+    path = write_sweep(tmp_path, stages=[{"trials": 1, "epochs": 1}])
+    assert sweep(path, "--run-dir", "sw", cwd=tmp_path).returncode == 0
+    with open(tmp_path / "sw" / "sweep.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        out = sweep(path, "--run-dir", "sw", "--resume", cwd=tmp_path)
+    assert out.returncode == 2 and re.fullmatch(
+        r"distnn sweep: sw: another `distnn sweep` holds its lock \(taken last by pid \d+ on "
+        r"\S+\); expected one driver per sweep directory\n", out.stderr), out.stderr
+    (tmp_path / "base.yaml").write_text((tmp_path / "base.yaml").read_text()
+                                        .replace("global_batch: 256", "global_batch: 128"))
+    out = sweep(path, "--run-dir", "sw", "--resume", cwd=tmp_path)
+    assert out.returncode == 2 and "differs from the sweep file given" in out.stderr
 
 
 def test_log_space_metric_is_the_best_epoch(tmp_path):

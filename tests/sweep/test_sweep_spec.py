@@ -64,6 +64,14 @@ def spec_of(tmp_path, **changes):
      "expected one of them"),
     ({"folds": 1}, "folds: 1, expected 0 (no cross-validation) or at least 2"),
     ({"base": "no_such_config"}, "base: 'no_such_config' is neither a config file"),
+    ({"early_stop": {"divergence": 0.5}}, "early_stop.divergence: 0.5, expected 0 (the base "
+     "config's rule) or a factor > 1 of the first loss"),
+    ({"space": {"train.epochs": {"randint": [1, 4]}}}, "space.train.epochs: the sweep sets this "
+     "key itself (a stage's epochs); expected another key"),
+    ({"space": {"data.fold": {"randint": [0, 1]}}, "folds": 2}, "space.data.fold: the sweep sets "
+     "this key itself (folds)"),
+    ({"space": {"early_stopping.monitor": {"choice": ["val_loss"]}}},
+     "space.early_stopping.monitor: the sweep sets this key itself (the sweep's metric)"),
     ({"seeds": 3}, "unknown key(s) seeds; expected some of base, early_stop, folds, metric, "
      "seed, space, stages, trials, workers_per_trial"),
 ])
@@ -74,12 +82,34 @@ def test_bad_sweep_file_is_one_line_naming_it(tmp_path, changes, message):
     assert message in text and "\n" not in text
 
 
-def test_missing_file_and_base_beside_the_sweep_file(tmp_path):
+def test_missing_file_and_base_beside_the_sweep_file(tmp_path, monkeypatch):
     with pytest.raises(SweepError, match="no such file; expected a SWEEP.yaml"):
         load_spec(tmp_path / "nope.yaml")
-    spec = load_spec(write_sweep(tmp_path / "sub"))  # base: base.yaml, beside the sweep file
+    (tmp_path / "base.yaml").write_text("name: not_this_one\n")  # in the working directory
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(write_sweep(tmp_path / "sub"))  # base: base.yaml, beside the file
     assert spec.base == str((tmp_path / "sub" / "base.yaml").resolve())
-    assert spec.base_raw == BASE
+    assert spec.base_raw == BASE and spec.to_dict()["base_config"] == BASE
+
+
+def test_values_that_clash_are_refused_naming_the_trial(tmp_path):
+    """Each value alone builds a config; together they may not (adam takes no mu)."""
+    from distnn.sweep.plan import check, draws
+
+    spec = spec_of(tmp_path, space={"optimizer.name": {"choice": ["momentum", "adam"]},
+                                    "optimizer.mu": {"uniform": [0.5, 0.9]}})
+    plans = draws(spec, spec.space, 0)
+    first = next(p for p in plans if p.params["optimizer.name"] == "adam")
+    with pytest.raises(SweepError) as info:
+        check(spec, plans)
+    assert str(info.value).startswith(f"{first.trial} {first.params}: optimizer")
+    assert "adam does not take mu" in str(info.value)
+
+
+def test_a_trial_keeps_the_best_checkpoint_of_the_sweeps_metric(tmp_path):
+    for metric, mode in (("val_accuracy", "max"), ("val_loss", "min")):
+        cfg = trial_config(spec_of(tmp_path, metric=metric), {"schedule.base_lr": 0.01}, 0)
+        assert (cfg.early_stopping.monitor, cfg.early_stopping.mode) == (metric, mode)
 
 
 def test_layers_by_index_or_name_and_what_a_trial_config_holds(tmp_path):
