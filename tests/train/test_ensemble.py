@@ -225,3 +225,11 @@ def test_the_same_numbers_on_two_mpi_ranks(runs, three):
     mpiexec()
     two = evaluate_json("--ensemble", *(str(rd) for rd in runs.values()), ranks=2)
     assert two == three
+
+
+def test_a_row_of_nan_probabilities_is_never_right():
+    from distnn.train.ensemble import block_sums, softmax64
+
+    probs = softmax64(np.array([[np.nan, 1.0, 2.0], [3.0, 1.0, 2.0]], dtype=np.float32))
+    loss, correct = block_sums(probs, np.array([0, 0]))
+    assert correct == 1 and np.isnan(loss)
