@@ -28,7 +28,7 @@ from distnn.sweep import records
 from distnn.train.checkpoint import replace_atomically
 from distnn.watch import figures
 from distnn.watch.figures import Drawn
-from distnn.watch.plot import png_bytes
+from distnn.watch.plot import png_bytes, use_agg
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -286,12 +286,8 @@ def read_sweep(sweep_dir: Path) -> tuple[dict, dict[str, dict]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        import matplotlib
-    except ImportError:
-        console.err(f"{PROG}: needs matplotlib: pip install 'distnn[plot]'")
+    if not use_agg(PROG):
         return ExitCode.BAD_INPUT
-    matplotlib.use("Agg")
     if args.top < 1:
         console.err(f"{PROG}: --top {args.top}: expected at least 1")
         return ExitCode.BAD_INPUT

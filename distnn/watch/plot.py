@@ -247,13 +247,20 @@ def write_outputs(out: Path, runs: list[Run], drawn: list[Drawn]) -> None:
     replace_atomically(out / "index.html", index_html(runs, drawn).encode())
 
 
-def main(args: argparse.Namespace) -> int:
+def use_agg(prog: str) -> bool:
+    """matplotlib on its Agg backend; False (one line said) when it is not installed."""
     try:
         import matplotlib
     except ImportError:
-        console.err(f"{PROG}: needs matplotlib: pip install 'distnn[plot]'")
-        return ExitCode.BAD_INPUT
+        console.err(f"{prog}: needs matplotlib: pip install 'distnn[plot]'")
+        return False
     matplotlib.use("Agg")
+    return True
+
+
+def main(args: argparse.Namespace) -> int:
+    if not use_agg(PROG):
+        return ExitCode.BAD_INPUT
     try:
         runs = [read_run(p, label) for p, label in zip(args.runs, run_labels(args.runs),
                                                          strict=True)]

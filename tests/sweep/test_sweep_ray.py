@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.distributed.test_ray_training import Head, ray_env
+from tests.distributed.test_ray_training import head, ray_env  # noqa: F401 - the fixture
 from tests.sweep.sweeps import BIN, epoch_lines, final, sweep, write_sweep
 
 pytest.importorskip("ray.tune", reason="Ray Tune not installed (pip install 'distnn[ray]')")
@@ -21,16 +21,6 @@ ASHA_SWEEP = dict(
            "train.l2": {"loguniform": [1.0e-6, 1.0e-3]}},
     stages=[{"trials": 4, "epochs": 3}],
     early_stop={"divergence": 3.0, "halving": "asha", "reduction_factor": 2})
-
-
-@pytest.fixture(scope="module")
-def head():
-    h = Head()
-    try:
-        h.wait_ready()
-        yield h
-    finally:
-        h.stop()
 
 
 def test_ray_tune_takes_the_same_trials_and_decisions_as_the_local_backend(head, tmp_path):
