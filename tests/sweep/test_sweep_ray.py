@@ -10,10 +10,13 @@ import time
 
 import pytest
 
-from tests.distributed.test_ray_training import head, ray_env  # noqa: F401 - the fixture
+from tests.distributed import test_ray_training
+from tests.distributed.test_ray_training import ray_env
 from tests.sweep.sweeps import BIN, epoch_lines, final, sweep, write_sweep
 
 pytest.importorskip("ray.tune", reason="Ray Tune not installed (pip install 'distnn[ray]')")
+
+head = test_ray_training.head  # the Ray tests' head fixture: one real head for this module
 
 ASHA_SWEEP = dict(
     seed=10, metric="val_loss",
