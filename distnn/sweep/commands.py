@@ -69,6 +69,10 @@ def main(args: argparse.Namespace) -> int:
         console.err(f"distnn sweep: unexpected argument(s) {' '.join(args.rest)}; expected "
                     f"one SWEEP.yaml (or `plot SWEEP_DIR`)")
         return ExitCode.BAD_INPUT
+    if args.backend == "ray" and importlib.util.find_spec("ray.tune") is None:
+        console.err(f"distnn sweep: --backend ray needs Ray Tune, which is not installed: "
+                    f"{INSTALL_HINTS['ray']}")
+        return ExitCode.BAD_INPUT
     try:
         spec = load_spec(args.sweep, args.folds)
         parallel = _parallel(args.parallel, spec, args.backend)
@@ -77,10 +81,6 @@ def main(args: argparse.Namespace) -> int:
         lock = None if args.trial is not None else _lock(sweep_dir)
     except SweepError as exc:
         console.err(f"distnn sweep: {exc}")
-        return ExitCode.BAD_INPUT
-    if args.backend == "ray" and importlib.util.find_spec("ray.tune") is None:
-        console.err(f"distnn sweep: --backend ray needs Ray Tune, which is not installed: "
-                    f"{INSTALL_HINTS['ray']}")
         return ExitCode.BAD_INPUT
     if args.trial is not None:
         return _one_trial(spec, sweep_dir, args.trial)
