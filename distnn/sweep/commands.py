@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import importlib.util
 import os
 import signal
 import socket
@@ -69,10 +68,13 @@ def main(args: argparse.Namespace) -> int:
         console.err(f"distnn sweep: unexpected argument(s) {' '.join(args.rest)}; expected "
                     f"one SWEEP.yaml (or `plot SWEEP_DIR`)")
         return ExitCode.BAD_INPUT
-    if args.backend == "ray" and importlib.util.find_spec("ray.tune") is None:
-        console.err(f"distnn sweep: --backend ray needs Ray Tune, which is not installed: "
-                    f"{INSTALL_HINTS['ray']}")
-        return ExitCode.BAD_INPUT
+    if args.backend == "ray":
+        try:  # ray.tune raises ImportError when a dependency of it (pandas) is missing
+            import ray.tune  # noqa: F401
+        except ImportError as exc:
+            console.err(f"distnn sweep: --backend ray needs Ray Tune, which does not import "
+                        f"here ({console.one_line(exc)}): {INSTALL_HINTS['ray']}")
+            return ExitCode.BAD_INPUT
     try:
         spec = load_spec(args.sweep, args.folds)
         parallel = _parallel(args.parallel, spec, args.backend)
