@@ -167,7 +167,9 @@ def test_bad_input_from_the_command_line(tmp_path):
     assert out.stderr == ("distnn sweep: s0-t000: its `distnn train` refused its config: "
                           "distnn train [rank 0]: data.folds: 9000 folds of the 8000 training "
                           "samples, expected at most 8000 (each fold at least one sample)\n")
-    assert [r["status"] for r in final(tmp_path / "folds").values()] == ["failed"]
+    # The pool may have started the next trial before the refusal was read: it is stopped.
+    statuses = [r["status"] for r in final(tmp_path / "folds").values()]
+    assert statuses[0] == "failed" and set(statuses[1:]) <= {"interrupted"}, statuses
 
 
 def test_one_driver_per_sweep_directory_and_the_base_config_is_kept(tmp_path):

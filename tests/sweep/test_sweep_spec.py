@@ -158,9 +158,10 @@ def test_narrowing_around_the_top_trials():
     assert one[2].values == (95, 100) and one[3].values == ("b",)
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "fashion_mnist.yaml"])
+@pytest.mark.parametrize("name", ["quickstart.yaml", "fashion_mnist.yaml",
+                                  "fashion_mnist_fine.yaml"])
 def test_the_example_sweeps_load(name):
     from pathlib import Path
 
     spec = load_spec(Path(__file__).resolve().parents[2] / "sweeps" / name)
-    assert spec.trials == sum(s.trials for s in spec.stages) and len(spec.stages) == 2
+    assert spec.trials == sum(s.trials for s in spec.stages) >= 4
