@@ -15,7 +15,6 @@ builders only).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -125,28 +124,8 @@ def curve_points(sweep_dir: Path, record: dict, metric: str) -> list[tuple[float
     members = record.get("members") or []
     if not (isinstance(members, list) and members and isinstance(members[0], str)):
         return []
-    try:
-        text = (Path(sweep_dir) / members[0] / "metrics.jsonl").read_text(errors="replace")
-    except OSError:
-        return []
-    name = metric.removeprefix("val_")
-    trained: set[float] = set()
-    found: dict[float, float] = {}
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(rec, dict):
-            continue
-        epoch = figures.number(rec.get("epoch"))
-        if rec.get("split") == "train":
-            trained.add(epoch)
-        elif rec.get("split") == "val" and epoch in trained:
-            value = figures.number(rec.get(name))
-            if math.isfinite(value):
-                found[epoch + 1] = value
-    return sorted(found.items())
+    ends = records.epoch_ends(Path(sweep_dir) / members[0] / "metrics.jsonl", metric)
+    return [(epoch + 1, value) for epoch, value in sorted(ends.items()) if math.isfinite(value)]
 
 
 def short(value: Any) -> str:

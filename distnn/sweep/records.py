@@ -75,6 +75,33 @@ def read_trials(sweep_dir: Path) -> dict[str, dict]:
     return out
 
 
+def epoch_ends(metrics: Path, metric: str) -> dict[int, float]:
+    """{epoch: the metric at its end} from a run's metrics.jsonl: a validation line after its
+    epoch's train line (a mid-epoch validation comes before it). An epoch run again (a resumed
+    or restarted run) keeps its newest line. Unreadable lines (the one being written) are
+    skipped; {} when the file is missing."""
+    try:
+        text = Path(metrics).read_text(errors="replace")
+    except OSError:
+        return {}
+    key = metric.removeprefix("val_")
+    trained: set = set()
+    found: dict[int, float] = {}
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("split") == "train":
+            trained.add(rec.get("epoch"))
+        elif rec.get("split") == "val" and rec.get("epoch") in trained \
+                and isinstance(rec.get(key), (int, float)):
+            found[int(rec["epoch"])] = float(rec[key])
+    return found
+
+
 def ranked(records: dict[str, dict] | list[dict], metric: str) -> list[dict]:
     """The trials that ended with a metric, best first (ties: the earlier stage, then the lower
     index). A running or interrupted trial's metric is partial: it is not ranked."""

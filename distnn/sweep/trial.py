@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import math
 import os
 import shutil
@@ -29,7 +28,14 @@ from pathlib import Path
 from distnn.config import save_config
 from distnn.exit_codes import ExitCode
 from distnn.sweep.orphan import PARENT_ENV
-from distnn.sweep.records import FINAL, LOWER_IS_BETTER, STOP_FILE, append_record, read_trials
+from distnn.sweep.records import (
+    FINAL,
+    LOWER_IS_BETTER,
+    STOP_FILE,
+    append_record,
+    epoch_ends,
+    read_trials,
+)
 from distnn.sweep.spec import SweepSpec, trial_config
 
 POLL_S = 0.2
@@ -57,25 +63,9 @@ def members(spec: SweepSpec, trial: str) -> list[str]:
 
 
 def epoch_values(metrics: Path, metric: str) -> list[float]:
-    """The metric at every epoch end of a run's metrics.jsonl, epoch by epoch (a validation line
-    after its epoch's train line; mid-epoch validation lines come before it and are skipped).
-    An epoch run again (a trial resumed from an earlier checkpoint, or restarted after being
-    killed before its first) counts once, with its newest line."""
-    by_epoch: dict[int, float] = {}
-    trained: set[int] = set()
-    if not metrics.exists():
-        return []
-    key = "loss" if metric == "val_loss" else "accuracy"
-    for line in metrics.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the line being written
-        if rec.get("split") == "train":
-            trained.add(rec.get("epoch"))
-        elif rec.get("split") == "val" and rec.get("epoch") in trained:
-            by_epoch[int(rec["epoch"])] = float(rec[key])
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    """The metric at every epoch end of a run, epoch by epoch (records.epoch_ends)."""
+    ends = epoch_ends(metrics, metric)
+    return [ends[e] for e in sorted(ends)]
 
 
 def best(values: list[float], metric: str) -> float | None:
