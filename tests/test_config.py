@@ -73,9 +73,9 @@ def test_missing_file():
     ({"optimizer": {"name": "adam", "mu": 0.9}},
      r"optimizer.mu: adam does not take mu \(taken by momentum, nesterov\); adam takes beta1, "
      "beta2, eps"),
-    ({"optimizer": {"mmu": 0.9}}, "optimizer.mmu: unknown key; expected some of mu, name"),
+    ({"optimizer": {"mmu": 0.9}}, "optimizer.mmu: unknown key; expected some of lr_mult, mu, name"),
     ({"optimizer": {"name": "adamw", "wd": 0.1}}, "optimizer.wd: unknown key; expected some of "
-                                                  "beta1, beta2, eps, name, weight_decay"),
+                                                  "beta1, beta2, eps, lr_mult, name, weight_decay"),
     ({"optimizer": {"name": "adamw", "weight_decay": -1}},
      "optimizer.weight_decay: -1.0 must be >= 0"),
     ({"optimizer": {"name": "adam", "eps": "tiny"}},

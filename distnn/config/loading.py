@@ -19,6 +19,7 @@ import yaml
 from distnn import nn, optim
 from distnn.config.schema import SECTIONS, Config, ConfigError, DataConfig, build, mapping
 from distnn.config.sections import drop_foreign, is_legacy, named, schedule_spec, section_config
+from distnn.config.transfer import check_transfer
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_NODES = 100_000  # YAML nodes of a document with every alias expanded
@@ -150,6 +151,7 @@ def from_dict(raw: dict) -> Config:
     if cfg.model:  # all but the shapes, which need the data (checked when the model is built)
         with model_errors():
             nn.build_layers(cfg.model)
+    check_transfer(cfg)
     check_folds(cfg.data)
     t = cfg.train
     if t.groups > MAX_GROUPS:

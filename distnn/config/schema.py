@@ -30,6 +30,9 @@ class DataConfig:
     # `fold` is the validation set, the others are trained on (0: off; not with val_size).
     folds: int = 0
     fold: int = 0
+    # A seeded subset of this many samples of the training split (0: all), taken before
+    # val_size or folds cut it: "1,000 labelled samples" (setup.labelled_subset).
+    train_size: int = 0
     augment: bool = False  # random crop (pad 4) + horizontal flip; off for digits
     normalize: bool = True
     prefetch: bool = True
@@ -56,6 +59,13 @@ class TrainConfig:
     # (each rank's shard in one pass, a float32 allreduce).
     invariant: bool = False
     groups: int = 16  # groups of every global batch in the invariant step: at most this many ranks
+    # Transfer (distnn/train/transfer.py): start from a checkpoint's parameters where names and
+    # shapes match, except the layers `reset` names; never update the layers `freeze` names, or
+    # every layer up to and including `freeze_until`.
+    init_from: str | None = None
+    reset: tuple = ()
+    freeze: tuple = ()
+    freeze_until: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,9 @@ class OptimizerConfig:
 
     name: str = "momentum"
     params: Mapping[str, Any] = field(default_factory=dict)
+    # {glob: multiplier}: the learning rate of the layers whose name matches (the first glob
+    # that does, in order) times the multiplier, for every rule (distnn/optim/scaled.py).
+    lr_mult: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.params:  # not given: the rule's own defaults (whatever `name` is)
@@ -162,7 +175,7 @@ CHOICES = {
 POSITIVE = {"train.epochs", "train.global_batch", "train.grad_accum", "schedule.reference_batch",
             "checkpoint.keep_best", "checkpoint.keep_last", "comm.workers", "train.groups",
             "train.divergence_factor", "log.warn_window", "log.trace_mb"}
-NON_NEGATIVE = {"seed", "data.val_size", "data.folds", "data.fold", "train.l2",
+NON_NEGATIVE = {"seed", "data.val_size", "data.train_size", "data.folds", "data.fold", "train.l2",
                 "train.max_steps", "train.eval_every_steps", "train.consistency_every",
                 "train.threads", "train.clip_grad_norm", "train.max_rollbacks",
                 "early_stopping.patience", "early_stopping.min_delta",
@@ -199,6 +212,12 @@ def _check_value(key: str, value, hint):
         value = float(value)
         if not math.isfinite(value):  # inf/nan pass every range check below, then misbehave
             raise ConfigError(f"{key}: {value!r} is not a finite number")
+    elif hint is tuple:  # a list of layer names (train.freeze, train.reset)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: {value!r} is not a list of layer names")
+        value = tuple(value)
+    elif hint == Mapping[str, float]:  # optimizer.lr_mult
+        value = _multipliers(key, value)
     elif hint in (str, str | None) and not (
             isinstance(value, str) or (value is None and hint is not str)):
         raise ConfigError(f"{key}: {value!r} is not a string")
@@ -214,6 +233,21 @@ def _check_value(key: str, value, hint):
     if key in OPEN_UNIT and not 0 < value < 1:
         raise ConfigError(f"{key}: {value!r} must be in (0, 1)")
     return value
+
+
+def _multipliers(key: str, value) -> dict[str, float]:
+    """{glob: multiplier} with every multiplier a finite number >= 0."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"{key}: {value!r} is not a mapping of layer-name globs to "
+                          f"multipliers, e.g. {{'conv*': 0.1}}")
+    out = {}
+    for glob, mult in value.items():
+        mult = yaml11_float(mult)
+        if isinstance(mult, bool) or not isinstance(mult, (int, float)) \
+                or not math.isfinite(mult) or mult < 0:
+            raise ConfigError(f"{key}.{glob}: {mult!r}, expected a finite number >= 0")
+        out[glob] = float(mult)
+    return out
 
 
 def mapping(raw, prefix: str) -> dict:

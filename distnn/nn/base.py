@@ -30,6 +30,7 @@ class Layer:
         self.out_shape: tuple[int, ...] | None = None
         self.dtype: np.dtype = np.dtype(np.float32)
         self.input_grad = True  # False on the first layer: nobody needs d(loss)/d(images)
+        self.frozen = False  # never updated; runs in evaluation mode (Sequential.freeze)
         self.p: dict[str, np.ndarray] = {}
         self.g: dict[str, np.ndarray] = {}
         self.s: dict[str, np.ndarray] = {}

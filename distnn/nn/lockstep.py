@@ -25,7 +25,7 @@ import numpy as np
 
 from distnn.nn.conv import Conv2D
 from distnn.nn.losses import LOSSES
-from distnn.nn.model import Sequential
+from distnn.nn.model import Sequential, offset_in
 from distnn.nn.regularize import BatchNorm, Dropout, sample_keys
 
 # reduce(rows, sync) -> total: rows (g, 2, C) float64 (this rank's groups, in group order) ->
@@ -50,13 +50,15 @@ class Lockstep:
     def __init__(self, model: Sequential):
         self.model = model
         self.replicas: list[Sequential] = []
-        self._slots = [(i, name, arr.shape, _offset(model.grads, arr))
+        self._slots = [(i, name, arr.shape, offset_in(model.grads, arr))
                        for i, layer in enumerate(model.layers) for name, arr in layer.g.items()]
 
     def _replica(self, j: int) -> Sequential:
         while len(self.replicas) <= j:
             m = self.model
             rep = Sequential(m.specs, m.input_shape, seed=0, dtype=m.dtype)
+            if m.frozen:
+                rep.freeze(m.frozen)
             for mine, theirs in zip(rep.layers, m.layers, strict=True):
                 mine.p = dict(theirs.p)  # the model's parameters and state, not copies
                 mine.s = dict(theirs.s)
@@ -90,27 +92,27 @@ class Lockstep:
             xs = [grp.x for grp in groups]
             for i, layer in enumerate(self.model.layers):
                 mine = [rep.layers[i] for rep in reps]
-                if isinstance(layer, BatchNorm):
+                if isinstance(layer, BatchNorm) and not layer.frozen:
                     xs = _norm_forward(layer, cast(list[BatchNorm], mine), xs, reduce,
                                        count if layer.sync else local)
                     continue
                 if isinstance(layer, Dropout):
                     for drop, grp in zip(cast(list[Dropout], mine), groups, strict=True):
                         drop.keys = sample_keys(seed, i, step, grp.indices)
-                xs = [lay.forward(x, True) for lay, x in zip(mine, xs, strict=True)]
+                xs = [lay.forward(x, not lay.frozen) for lay, x in zip(mine, xs, strict=True)]
             results, douts = [], []
             for x, grp in zip(xs, groups, strict=True):
                 value, dscores = fn(x, grp.y, denom=denom)
                 results.append((value, int(np.count_nonzero(x.argmax(axis=1) == grp.y))))
                 douts.append(dscores)
         with self.model.spans.span("backward"):
-            for i in range(len(self.model.layers) - 1, -1, -1):
+            for i in range(len(self.model.layers) - 1, self.model.backward_stop - 1, -1):
                 layer = self.model.layers[i]
                 mine = [rep.layers[i] for rep in reps]
-                if isinstance(layer, BatchNorm):
+                if isinstance(layer, BatchNorm) and not layer.frozen:
                     douts = _norm_backward(layer, cast(list[BatchNorm], mine), douts, reduce,
                                            count if layer.sync else local)
-                else:  # the first layer returns None: the loop ends there
+                else:  # the first layer visited returns None: the loop ends there
                     douts = [cast(np.ndarray, lay.backward(d))
                              for lay, d in zip(mine, douts, strict=True)]
         return results
@@ -142,8 +144,3 @@ def _stack(rows: list[np.ndarray], layer: BatchNorm) -> np.ndarray:
     c = cast(tuple[int, ...], layer.in_shape)[-1]
     return np.stack(rows) if rows else np.zeros((0, 2, c), np.float64)
 
-
-def _offset(base: np.ndarray, view: np.ndarray) -> int:
-    """Element offset of `view` inside the flat buffer `base`."""
-    return (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) \
-        // base.itemsize

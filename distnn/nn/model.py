@@ -7,6 +7,7 @@ so an allreduce or an optimizer step is one call over one array.
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import math
 import re
@@ -142,6 +143,9 @@ class Sequential:
         self.layers[0].input_grad = False
         self._fuse_relus()
         self._bind(extra_grad_slots)
+        self.frozen: tuple[str, ...] = ()
+        self.backward_stop = 0  # backward runs layers[backward_stop:] (see freeze)
+        self.train_offset = 0  # params[:train_offset] belong to the frozen prefix
         self.seed = seed
         self.spans: NoSpans = NO_SPANS
         rng = np.random.default_rng(seed)
@@ -181,16 +185,61 @@ class Sequential:
 
     # -- computation --------------------------------------------------------------------------
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
-        """x: (N,) + input_shape of the model's dtype -> scores (N,) + output_shape."""
+        """x: (N,) + input_shape of the model's dtype -> scores (N,) + output_shape. Frozen
+        layers run in evaluation mode (see freeze)."""
         for layer in self.layers:
-            x = layer.forward(x, training)
+            x = layer.forward(x, training and not layer.frozen)
         return x
 
     def backward(self, dout: np.ndarray) -> None:
-        """Back-propagate d(loss)/d(scores); overwrites model.grads."""
-        for layer in reversed(self.layers):
-            # Only the first layer returns None (it computes no input gradient).
+        """Back-propagate d(loss)/d(scores); overwrites model.grads (those of the trained
+        layers: the frozen prefix is not visited, see freeze)."""
+        for layer in reversed(self.layers[self.backward_stop:]):
+            # Only the first layer visited returns None (it computes no input gradient).
             dout = cast(np.ndarray, layer.backward(dout))
+
+    # -- transfer: frozen layers, per-layer learning rates -------------------------------------
+    def freeze(self, names: Sequence[str]) -> None:
+        """Freeze the layers named (those with parameters): they are never updated, and a
+        frozen BatchNorm normalises with its running statistics and leaves them unchanged (as
+        Keras does). The layers before the first trained one (the frozen prefix) get no backward
+        pass at all: it stops at that layer, which computes no input gradient, and their
+        parameters, params[:train_offset], are not part of what a step reduces and updates.
+        A frozen layer after a trained one still passes the gradient through (its parameters
+        are kept by a learning-rate multiplier of 0, see lr_scale). KeyError naming an unknown
+        layer; ValueError when nothing with parameters is left to train."""
+        by_name = {layer.name: layer for layer in self.layers}
+        for name in names:
+            if name not in by_name:
+                raise KeyError(f"{name!r} is not a layer of the model; expected one of "
+                               f"{', '.join(by_name)}")
+        self.frozen = tuple(names)
+        for layer in self.layers:
+            layer.frozen = layer.name in self.frozen
+        trained = [i for i, layer in enumerate(self.layers) if layer.p and not layer.frozen]
+        if not trained:
+            raise ValueError(f"every layer with parameters is frozen ({', '.join(names)}); "
+                             f"expected at least one to train")
+        self.backward_stop = trained[0]
+        for i, layer in enumerate(self.layers):
+            layer.input_grad = i > self.backward_stop
+        first = self.layers[self.backward_stop]
+        self.train_offset = offset_in(self.params, next(iter(first.p.values())))
+
+    def lr_scale(self, mults: dict[str, float]) -> np.ndarray | None:
+        """(P - train_offset,) multipliers of the learning rate for params[train_offset:]: a
+        layer's entries take the value of the first glob of `mults` (fnmatch on layer names,
+        in the order given) that matches its name, 1 if none does, and 0 when it is frozen.
+        None when every multiplier is 1 (nothing to scale)."""
+        scale = np.ones(self.params.size, self.dtype)
+        for layer in self.layers:
+            glob = next((g for g in mults if fnmatch.fnmatchcase(layer.name, g)), None)
+            value = 0.0 if layer.frozen else mults[glob] if glob is not None else 1.0
+            for arr in layer.p.values():
+                off = offset_in(self.params, arr)
+                scale[off:off + arr.size] = value
+        scale = scale[self.train_offset:]
+        return None if bool(np.all(scale == 1)) else scale.copy()
 
     def forward_backward(self, x: np.ndarray, y: np.ndarray, loss: str = "softmax",
                          l2: float = 0.0, denom: int | None = None) -> tuple[float, np.ndarray]:
@@ -266,3 +315,9 @@ class Sequential:
                         f"{count:>10}")
         rows.append(f"{'total':<68}{self.num_params:>10}")
         return "\n".join(rows)
+
+
+def offset_in(base: np.ndarray, view: np.ndarray) -> int:
+    """Element offset of `view` inside the flat buffer `base`."""
+    return (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) \
+        // base.itemsize

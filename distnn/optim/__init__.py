@@ -25,6 +25,7 @@ from distnn.optim.factory import (
 from distnn.optim.hparams import REQUIRED, HParam, resolve
 from distnn.optim.plateau import ReduceOnPlateau
 from distnn.optim.rules import SGD, AdaGrad, Momentum, Nesterov, RMSProp, UpdateRule
+from distnn.optim.scaled import ScaledLR
 from distnn.optim.schedules import (
     Constant,
     Cosine,
@@ -37,7 +38,7 @@ from distnn.optim.schedules import (
 )
 
 __all__ = ["UpdateRule", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "Adam", "AdamW",
-           "RULES", "make_optimizer", "Schedule", "Constant", "StepDecay", "Exponential",
-           "InverseTime", "Cosine", "LinearWarmup", "ReduceOnPlateau", "SCHEDULES",
+           "ScaledLR", "RULES", "make_optimizer", "Schedule", "Constant", "StepDecay",
+           "Exponential", "InverseTime", "Cosine", "LinearWarmup", "ReduceOnPlateau", "SCHEDULES",
            "make_schedule", "scaled_lr", "HParam", "REQUIRED", "BadValue", "resolve",
            "REGISTRIES", "hparams_of", "takers", "foreign", "resolve_for"]

@@ -31,8 +31,9 @@ class InvariantStep(DataParallelStep):
         self.accum, self.groups = grad_accum, groups
         self.lockstep = Lockstep(model)  # with or without BatchNorm: one group, one replica
         # Per group: loss sum, correct, count; then the stop flag.
-        self.sum = ExactSum(model.grads.size, groups, comm, extra=3 * groups + 1,
-                            dtype=model.dtype)
+        # Only the trained parameters' gradients are summed (a frozen prefix has none).
+        self.sum = ExactSum(model.grads.size - model.train_offset, groups, comm,
+                            extra=3 * groups + 1, dtype=model.dtype)
         self.rows = np.zeros((0, model.grads.size), model.dtype)
 
     def _rows(self, k: int) -> np.ndarray:
@@ -78,7 +79,8 @@ class InvariantStep(DataParallelStep):
             k += len(groups)
         extra[-1] = 1.0 if stop_requested else 0.0
         with self.model.spans.span("allreduce"):
-            self.sum(rows, self.model.grads)
+            off = self.model.train_offset
+            self.sum(rows[:, off:], self.model.grads[off:])
         per_group = extra[:-1].reshape(self.groups, 3)
         loss_sum, right, total = 0.0, 0.0, 0.0
         for value, good, n in per_group:  # group order: the same sum on every rank

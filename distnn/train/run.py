@@ -6,6 +6,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -35,6 +36,7 @@ from distnn.train.setup import (
     rank_threads,
 )
 from distnn.train.signals import StopRequest
+from distnn.train.transfer import init_from
 
 
 @dataclass
@@ -115,21 +117,38 @@ def normalization_for(cfg: Config, train, comm):
     return stats["mean"], stats["std"]
 
 
-def build_parts(cfg: Config, comm, resume_snap) -> Parts:
+def build_parts(cfg: Config, comm, resume_snap, source=None) -> Parts:
+    """The run's pieces on this rank; `source`: the train.init_from checkpoint (fresh runs)."""
     splits = load_splits(cfg)
     if resume_snap is not None:
         norm = resume_snap.normalization
+    elif source is not None and pretrained_normalization(cfg, source, splits.train):
+        norm = source.normalization  # the inputs the pretrained layers were trained on
     else:
         norm = normalization_for(cfg, splits.train, comm)
     model = build_model(cfg, splits.train.image_shape, splits.train.num_classes)
     comm.broadcast_(model.params)  # identical replicas from the start, whatever the seeding
     if model.state.size:
         comm.broadcast_(model.state)
+    if source is not None:  # every rank holds the same snapshot: the same result everywhere
+        path = Path(cast(str, cfg.train.init_from))
+        done = init_from(model, source, cfg.train.reset, path)
+        if comm.rank == 0:
+            where = "the checkpoint's" if norm is source.normalization else "this run's"
+            console.err(f"distnn train: {done.line(path)}; normalisation: {where}")
     t = cfg.train
     sampler = ShardSampler(len(splits.train), t.global_batch, comm.rank, comm.size, cfg.seed,
                            shuffle=True, drop_last=False, groups=t.groups if t.invariant else 0,
                            accum=t.grad_accum)  # the rank's shares of every micro-batch
     return Parts(splits, model, build_optimizer(cfg, model), build_schedule(cfg), norm, sampler)
+
+
+def pretrained_normalization(cfg: Config, source: ckpt.Snapshot, train) -> bool:
+    """Whether a run initialised from `source` normalises with its statistics: when the config
+    normalises and the checkpoint has statistics for as many channels as these images."""
+    norm = source.normalization
+    return cfg.data.normalize and norm is not None \
+        and norm[0].shape == (train.image_shape[-1],)
 
 
 def load_best(resume: Path | None, cfg: Config, comm: Communicator) -> ckpt.Snapshot | None:
@@ -168,7 +187,10 @@ def train(cfg: Config, comm: Communicator, run_dir: Path,
             contextlib.ExitStack() as stack:
         snap = load_on_root(resume, list(cfg.model), comm)
         best = load_best(resume, cfg, comm) if snap is not None else None
-        parts = build_parts(cfg, comm, snap)
+        source = None  # a resumed run continues from its own checkpoint, never init_from
+        if snap is None and cfg.train.init_from:
+            source = load_on_root(Path(cfg.train.init_from), None, comm)
+        parts = build_parts(cfg, comm, snap, source)
         if comm.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
         metrics = MetricsLog(run_dir / "metrics.jsonl", comm.rank == 0)

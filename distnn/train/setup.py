@@ -7,10 +7,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distnn.config import Config, ConfigError, model_errors, schedule_spec
+from distnn.config import Config, ConfigError, frozen_names, model_errors, schedule_spec
 from distnn.data import Dataset, get_dataset
 from distnn.nn import Sequential
-from distnn.optim import LinearWarmup, Schedule, UpdateRule, make_optimizer, make_schedule
+from distnn.optim import (
+    LinearWarmup,
+    ScaledLR,
+    Schedule,
+    UpdateRule,
+    make_optimizer,
+    make_schedule,
+)
 from distnn.train.step import EXTRA_SLOTS
 
 ScheduleLike = Schedule | LinearWarmup
@@ -48,7 +55,7 @@ def load_splits(cfg: Config) -> Splits:
     split doubles as validation.
     """
     d = cfg.data
-    train = get_dataset(d.dataset, "train", d.data_dir)
+    train = labelled_subset(get_dataset(d.dataset, "train", d.data_dir), d.train_size, cfg.seed)
     test = get_dataset(d.dataset, "test", d.data_dir)
     if d.folds >= 2:
         if d.folds > len(train):
@@ -65,6 +72,19 @@ def load_splits(cfg: Config) -> Splits:
     order = holdout_order(len(train), cfg.seed)
     held, kept = np.sort(order[: d.val_size]), np.sort(order[d.val_size:])
     return Splits(Subset(train, kept, "train"), Subset(train, held, "val"), test)
+
+
+def labelled_subset(train: Dataset, size: int, seed: int) -> Dataset:
+    """`size` samples of the training split, a seeded choice (the whole split for 0): the
+    sorted first `size` of np.random.default_rng([seed, 11]).permutation(len(train)), the
+    same subset `distnn knn --train-size` takes."""
+    if size <= 0:
+        return train
+    if size > len(train):
+        raise ConfigError(f"data.train_size: {size}, expected at most the {len(train)} samples "
+                          f"of the training split")
+    order = np.random.default_rng([seed, 11]).permutation(len(train))
+    return Subset(train, np.sort(order[:size]), "train")
 
 
 def holdout_order(n: int, seed: int) -> np.ndarray:
@@ -88,6 +108,9 @@ def build_model(cfg: Config, image_shape: tuple[int, ...], num_classes: int) -> 
     with model_errors(f" (on images of shape {tuple(image_shape)})"):
         model = Sequential(list(cfg.model), tuple(image_shape), seed=cfg.seed, dtype=np.float32,
                            extra_grad_slots=EXTRA_SLOTS)
+    frozen = frozen_names(cfg)
+    if frozen:
+        model.freeze(frozen)  # names checked when the config loaded
     if model.output_shape != (num_classes,):
         raise ConfigError(f"model: the last layer outputs {model.output_shape} per image, "
                           f"expected ({num_classes},): one score for each of the dataset's "
@@ -97,8 +120,15 @@ def build_model(cfg: Config, image_shape: tuple[int, ...], num_classes: int) -> 
 
 
 def build_optimizer(cfg: Config, model: Sequential) -> UpdateRule:
-    """The configured update rule; the model's decay mask goes to rules that decay weights."""
-    return make_optimizer(cfg.optimizer.name, decay_mask=model.decay_mask, **cfg.optimizer.params)
+    """The configured update rule over the trained parameters, params[model.train_offset:]
+    (all of them unless a frozen prefix comes first); the model's decay mask goes to rules that
+    decay weights. optimizer.lr_mult, or a frozen layer after a trained one, wraps the rule in
+    ScaledLR (a learning-rate multiplier per entry, 0 for frozen ones)."""
+    off = model.train_offset
+    rule = make_optimizer(cfg.optimizer.name, decay_mask=model.decay_mask[off:],
+                          **cfg.optimizer.params)
+    scale = model.lr_scale(dict(cfg.optimizer.lr_mult))
+    return rule if scale is None else ScaledLR(rule, scale)
 
 
 def build_schedule(cfg: Config) -> ScheduleLike:

@@ -153,8 +153,8 @@ class DataParallelStep:
         checks the result and then calls `apply_update(lr)` (or drops the step)."""
         loss_sum, correct = self._local_gradients(x, y, global_count, step, indices)
         self.extra[:] = (loss_sum, correct, len(y), 1.0 if stop_requested else 0.0)
-        with self.model.spans.span("allreduce"):
-            self.comm.allreduce_(self.model.grad_buffer)
+        with self.model.spans.span("allreduce"):  # a frozen prefix has no place in it
+            self.comm.allreduce_(self.model.grad_buffer[self.model.train_offset:])
         result = StepResult(float(self.extra[LOSS]), int(round(float(self.extra[CORRECT]))),
                             int(round(float(self.extra[COUNT]))), bool(self.extra[STOP] > 0))
         if apply and np.isfinite(result.loss):
@@ -164,10 +164,13 @@ class DataParallelStep:
     def apply_update(self, lr: float) -> None:
         """Clip (if configured) and apply the reduced gradient. Every rank holds the same
         reduced buffer (the metric slots excluded: model.grads stops before them), so every
-        rank clips by the same factor."""
+        rank clips by the same factor. Only the trained parameters, params[train_offset:],
+        take part (a frozen prefix is never updated)."""
+        off = self.model.train_offset
+        grads = self.model.grads[off:]
         if self.clip_grad_norm > 0:
-            clip_grad_norm_(self.model.grads, self.clip_grad_norm)
-        self.optimizer.step(self.model.params, self.model.grads, lr)
+            clip_grad_norm_(grads, self.clip_grad_norm)
+        self.optimizer.step(self.model.params[off:], grads, lr)
 
 
 def parameter_checksum(params: np.ndarray) -> int:
