@@ -1,4 +1,5 @@
-"""The `distnn` command line: train, evaluate, sweep, data, summary, sanity, plot, trace."""
+"""The `distnn` command line: train, evaluate, sweep, data, summary, sanity, plot, trace,
+features, knn."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import argparse  # noqa: E402 - after the handlers, on purpose
 from distnn.data.commands import register_data_commands  # noqa: E402
 from distnn.launch.commands import register_train_commands  # noqa: E402
 from distnn.sweep.commands import register_sweep_command  # noqa: E402
+from distnn.transfer.commands import register_transfer_commands  # noqa: E402
 from distnn.watch.commands import register_watch_commands  # noqa: E402
 
 
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_sweep_command(sub)
     register_data_commands(sub)
     register_watch_commands(sub)
+    register_transfer_commands(sub)
     return parser
 
 

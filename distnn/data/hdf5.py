@@ -2,7 +2,8 @@
 
 Layout (no compression):
 
-    /<split>/images   uint8 (n, H, W, C), chunks (k, H, W, C)
+    /<split>/images   uint8 (n, H, W, C), chunks (k, H, W, C); or float32 (n, H, W, C): the
+                      codes of a layer that `distnn features` writes, (n, 1, 1, D) for vectors
     /<split>/labels   int64 (n,)
     attrs on /: format="distnn-images", version=1, name, provenance, class_names (list of str)
 
@@ -27,6 +28,7 @@ from distnn.data.base import Dataset
 from distnn.data.errors import CorruptFileError, DataError
 
 FORMAT, VERSION = "distnn-images", 1
+IMAGE_TYPES = (np.dtype(np.uint8), np.dtype(np.float32))  # pixels; codes (distnn features)
 CHUNK_BYTES = 16 * 1024
 WRITE_BLOCK = 4096  # samples copied per write while converting
 
@@ -139,27 +141,28 @@ class H5Dataset(Dataset):
         self.provenance = f"{self.path} [{split}], converted from:\n{f.attrs.get('provenance', '')}"
         self.image_shape = tuple(int(d) for d in self._images.shape[1:])
         labels = group["labels"]
-        if self._images.dtype != np.uint8 or self._images.ndim != 4 or labels.ndim != 1 \
+        if self._images.dtype not in IMAGE_TYPES or self._images.ndim != 4 or labels.ndim != 1 \
                 or labels.dtype.kind not in "iuf" or self._images.shape[0] != labels.shape[0]:
             raise CorruptFileError(self.path, "HDF5 layout", f"{split}/images is "
                                                              f"{self._images.dtype} "
                                                              f"{self._images.shape}, labels "
                                                              f"{labels.dtype} {labels.shape}; "
-                                                             f"expected uint8 (n, H, W, C) and "
-                                                             f"integer (n,)")
+                                                             f"expected uint8 or float32 (n, H, "
+                                                             f"W, C) and integer (n,)")
         for name, data in ((f"{split}/images", self._images), (f"{split}/labels", labels)):
             _check_stored(data, name, self.path)
         self.labels = _checked_labels(labels[()], f"{split}/labels", self.path, self.num_classes)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
-        """uint8 (len(indices), H, W, C) in the order given; reads only those samples.
+        """uint8 (or float32, features) (len(indices), H, W, C) in the order given; reads only
+        those samples.
 
         One plain slice read per run of consecutive indices, in increasing order: measured
         8-25x faster than an h5py point (fancy) selection of the same 128 random indices, which
         builds a slow hyperslab union (benchmarks/hdf5_read.py).
         """
         idx = self.check_indices(indices)
-        out = np.empty((idx.size,) + self.image_shape, dtype=np.uint8)
+        out = np.empty((idx.size,) + self.image_shape, dtype=self._images.dtype)
         order = np.argsort(idx, kind="stable")
         ordered = idx[order]
         # Runs of consecutive indices (evaluation reads contiguous blocks) are one slice each.

@@ -15,7 +15,8 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 def compute_normalization(dataset, max_samples: int | None = None,
                           block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """(mean (C,), std (C,)) float32 of the dataset's pixels scaled to [0, 1].
+    """(mean (C,), std (C,)) float32 of the dataset's pixels scaled to [0, 1] (float32 codes
+    of a features file as they are).
 
     max_samples: use that many samples evenly spaced over the split (deterministic, no RNG)
     instead of all of them. Reads in blocks of `block` samples, so an HDF5 dataset is never
@@ -38,15 +39,23 @@ def compute_normalization(dataset, max_samples: int | None = None,
         total += x.sum(axis=0)
         squares += np.einsum("ij,ij->j", x, x)
     count = len(indices) * int(np.prod(dataset.image_shape[:-1]))
-    mean = total / count / 255.0
-    var = np.maximum(squares / count / 255.0 ** 2 - mean ** 2, 0.0)
+    top = value_scale(dataset.read(indices[:1]).dtype)
+    mean = total / count / top
+    var = np.maximum(squares / count / top ** 2 - mean ** 2, 0.0)
     return mean.astype(np.float32), np.maximum(np.sqrt(var), STD_FLOOR).astype(np.float32)
 
 
+def value_scale(dtype: np.dtype) -> float:
+    """What a stored value is divided by to give the model's input before normalisation: 255
+    for uint8 pixels, 1 for float32 codes (features files)."""
+    return 255.0 if np.dtype(dtype) == np.uint8 else 1.0
+
+
 def to_float(images: np.ndarray, normalization=None) -> np.ndarray:
-    """uint8 (n, H, W, C) -> float32 (n, H, W, C): x / 255, then (x - mean) / std per channel
-    if normalization=(mean (C,), std (C,)) is given. One fused multiply-add pass."""
-    scale = np.full(images.shape[-1], 1.0 / 255.0, dtype=np.float32)
+    """uint8 (n, H, W, C) -> float32 (n, H, W, C): x / 255 (float32 codes: x), then
+    (x - mean) / std per channel if normalization=(mean (C,), std (C,)) is given. One fused
+    multiply-add pass."""
+    scale = np.full(images.shape[-1], 1.0 / value_scale(images.dtype), dtype=np.float32)
     if normalization is None:
         return np.multiply(images, scale, dtype=np.float32)
     mean, std = (np.asarray(a, dtype=np.float32) for a in normalization)

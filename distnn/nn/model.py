@@ -227,11 +227,11 @@ class Sequential:
         self.train_offset = offset_in(self.params, next(iter(first.p.values())))
 
     def lr_scale(self, mults: dict[str, float]) -> np.ndarray | None:
-        """(P - train_offset,) multipliers of the learning rate for params[train_offset:]: a
+        """(P - train_offset,) float64 multipliers of the learning rate for params[train_offset:]: a
         layer's entries take the value of the first glob of `mults` (fnmatch on layer names,
         in the order given) that matches its name, 1 if none does, and 0 when it is frozen.
         None when every multiplier is 1 (nothing to scale)."""
-        scale = np.ones(self.params.size, self.dtype)
+        scale = np.ones(self.params.size)  # float64: the multipliers as written
         for layer in self.layers:
             glob = next((g for g in mults if fnmatch.fnmatchcase(layer.name, g)), None)
             value = 0.0 if layer.frozen else mults[glob] if glob is not None else 1.0
