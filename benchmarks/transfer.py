@@ -17,8 +17,10 @@ Run (from the repository, with the data in ../shared/data):
    (c) fine-tuning: `train.init_from` the pretrained net, conv0 and conv2 frozen
        (`freeze_until: conv2`), a new head, the other layers at the full rate;
    (d) kNN (L2, k in 1, 3, 5, 10 by 5-fold cross-validation) on the pixels and on the codes.
-The training step's speed of (a) and (c) (train img/s, their metrics) shows what the frozen
-prefix saves: no backward pass through it, and its gradients are never reduced.
+First, the training step of the mnist net (one process, one thread, batch 64, alternating
+rounds) with nothing, conv0 + conv2, and all four convs frozen: img/s and the floats each
+allreduce sends (what a frozen prefix saves: no backward pass through it, no place in the
+buffer). --speed-only stops there.
 """
 
 from __future__ import annotations
@@ -58,6 +60,41 @@ def train_speed(run_dir: Path) -> float:
     return sum(speeds) / max(len(speeds), 1)
 
 
+def step_speeds(batch: int = 64, steps: int = 15, rounds: int = 3) -> list[tuple]:
+    """The mnist net's training step (one process, one thread) with nothing, conv0 + conv2, and
+    every conv frozen: (freeze_until, img/s (median of rounds), floats reduced per step)."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from distnn.comm import create_communicator
+    from distnn.config import load_config
+    from distnn.nn import threads as nn_threads
+    from distnn.train.setup import build_model, build_optimizer
+    from distnn.train.step import DataParallelStep
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, batch)
+    comm = create_communicator("local")
+    cases = {}
+    for until in (None, "conv2", "conv7"):
+        cfg = load_config("mnist", [f"train.freeze_until={until}"] if until else [])
+        model = build_model(cfg, (28, 28, 1), 10)
+        cases[until] = (model, DataParallelStep(model, build_optimizer(cfg, model), comm))
+    times: dict = {until: [] for until in cases}
+    with threadpool_limits(1), nn_threads.limit(1):
+        for _ in range(rounds):  # alternating, so the machine's noise hits every case alike
+            for until, (_, step) in cases.items():
+                step(x, y, batch, 0.01, False)  # warm
+                t0 = time.perf_counter()
+                for i in range(steps):
+                    step(x, y, batch, 0.01, False, step=i)
+                times[until].append(batch * steps / (time.perf_counter() - t0))
+    return [(until or "nothing", sorted(v)[len(v) // 2],
+             cases[until][0].grad_buffer.size - cases[until][0].train_offset)
+            for until, v in times.items()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default="../shared/data")
@@ -67,7 +104,13 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--labelled", type=int, default=1000)
     p.add_argument("--pretrained", default=None, help="skip step 1: this MNIST checkpoint")
+    p.add_argument("--speed-only", action="store_true", help="only the step speeds")
     args = p.parse_args()
+    print("the mnist net's step, batch 64, 1 thread: frozen prefix -> img/s, floats reduced")
+    for until, speed, floats in step_speeds():
+        print(f"  freeze_until {until:<8} {speed:8.0f} img/s  {floats:>8} floats per allreduce")
+    if args.speed_only:
+        return
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DISTNN_DATA_DIR": str(Path(args.data_dir).resolve()),

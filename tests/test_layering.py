@@ -96,3 +96,13 @@ def test_only_the_entry_point_and_evaluate_import_sweep():
                     for m, edges in graph.items() if not m.startswith("distnn.sweep")
                     and any(e.startswith("distnn.sweep") for e in edges)})
     assert users == ["distnn.cli", "distnn.launch"], users
+
+
+def test_only_the_entry_point_imports_transfer():
+    """`distnn features` and `distnn knn` read checkpoints and datasets; a run never depends on
+    them (train.init_from lives in train/transfer.py)."""
+    graph = import_graph()
+    assert "distnn.transfer.features" in graph
+    users = sorted(m for m, edges in graph.items() if not m.startswith("distnn.transfer")
+                   and any(e.startswith("distnn.transfer") for e in edges))
+    assert users == ["distnn.cli"], users

@@ -51,6 +51,9 @@ def register_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default=None, choices=("auto", *BACKENDS),
                    help="communication backend (default: the config's comm.backend, auto); "
                         "ray runs --workers N actors")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's parameters where layer names and shapes "
+                        "match (train.init_from; see train.reset, train.freeze)")
     _add_ray_arguments(p)
     p.set_defaults(func=cmd_train)
 
@@ -87,8 +90,11 @@ def _add_ray_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     signals.hold_for_process()  # a stop request from here to exit ends the run with 75
+    overrides = list(args.overrides)
+    if args.init_from is not None:  # a JSON string is YAML: the path stays a string
+        overrides.append(f"train.init_from={json.dumps(args.init_from)}")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
     except ConfigError as exc:
         console.err(f"distnn train: {one_line(exc)}")
         return ExitCode.BAD_INPUT

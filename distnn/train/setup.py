@@ -75,16 +75,20 @@ def load_splits(cfg: Config) -> Splits:
 
 
 def labelled_subset(train: Dataset, size: int, seed: int) -> Dataset:
-    """`size` samples of the training split, a seeded choice (the whole split for 0): the
-    sorted first `size` of np.random.default_rng([seed, 11]).permutation(len(train)), the
-    same subset `distnn knn --train-size` takes."""
+    """`size` samples of the training split, a seeded choice (labelled_indices; the whole
+    split for 0)."""
     if size <= 0:
         return train
     if size > len(train):
         raise ConfigError(f"data.train_size: {size}, expected at most the {len(train)} samples "
                           f"of the training split")
-    order = np.random.default_rng([seed, 11]).permutation(len(train))
-    return Subset(train, np.sort(order[:size]), "train")
+    return Subset(train, labelled_indices(len(train), size, seed), "train")
+
+
+def labelled_indices(n: int, size: int, seed: int) -> np.ndarray:
+    """(size,) sorted int64: the seeded choice of `size` of `n` training samples that
+    data.train_size and `distnn knn --train-size` take."""
+    return np.sort(np.random.default_rng([seed, 11]).permutation(n)[:size])
 
 
 def holdout_order(n: int, seed: int) -> np.ndarray:

@@ -41,10 +41,12 @@ class Telemetry:
         self.softmax = cfg.train.loss == "softmax"
         self.chance = math.log(int(np.prod(model.output_shape)))
         base = model.params.ctypes.data
-        # Each layer with parameters: (name, [(offset, size) of its arrays in model.params]).
+        # Each trained layer with parameters: (name, [(offset, size) of its arrays in
+        # model.params]); a frozen one is reported as such (its update ratio is 0 by design).
         self.slices = [(layer.name, [((p.ctypes.data - base) // p.itemsize, p.size)
                                      for p in layer.p.values()])
-                       for layer in model.layers if layer.p]
+                       for layer in model.layers if layer.p and not layer.frozen]
+        self.frozen = [layer.name for layer in model.layers if layer.frozen]
         self.viewer: Sequential | None = None  # a replica for the activations (rank 0, once)
         self.out_of_band: dict[str, int] = {}
         self.peak_lr = 0.0
@@ -94,6 +96,8 @@ class Telemetry:
     def _layers_line(self, state, x: np.ndarray, delta: np.ndarray, lr: float) -> None:
         model, params, grads = self.model, self.model.params, self.model.grads
         report: dict[str, dict] = {layer.name: {} for layer in model.layers}  # model order
+        for name in self.frozen:
+            report[name]["frozen"] = True
         for name, arrays in self.slices:
             d = w = g = 0.0
             for off, size in arrays:

@@ -24,13 +24,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from distnn.comm import Communicator, create_communicator, detect_backend, install_excepthook
 from distnn.console import err, one_line
 from distnn.data import DataError, Dataset, H5Dataset, get_dataset, split_bounds
 from distnn.exit_codes import ExitCode
-from distnn.train.setup import fold_indices
-from distnn.transfer.neighbours import DISTANCES, distances, flat64, merge, smallest, vote
+from distnn.train.setup import fold_indices, labelled_indices, rank_threads
+from distnn.transfer.neighbours import (
+    DISTANCES,
+    choose_k,
+    distances,
+    flat64,
+    merge,
+    smallest,
+    squared_norms,
+    vote,
+)
 
 BLOCK = 512  # queries per block
 BLOCK_ENTRIES = 1 << 24  # at most this many distances per rank and block (128 MiB of float64)
@@ -66,8 +76,7 @@ def as_rows(samples: np.ndarray | Rows) -> Rows:
     """An in-memory (n, ...) array as Rows of all its n samples; Rows as they are."""
     if isinstance(samples, Rows):
         return samples
-    array = samples
-    return Rows(lambda idx: array[idx], np.arange(len(array)))
+    return Rows(samples.__getitem__, np.arange(len(samples)))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,19 +134,20 @@ def exchange(dist: np.ndarray, index: np.ndarray, label: np.ndarray,
     buf = np.zeros((3, comm.size, q, k), dtype=np.float64)
     buf[0, comm.rank], buf[1, comm.rank], buf[2, comm.rank] = dist, index, label
     comm.allreduce_(buf, op="sum")
-    d, i, lab = (part.transpose(1, 0, 2).reshape(q, comm.size * k) for part in buf)
+    d, i, lab = buf.transpose(0, 2, 1, 3).reshape(3, q, comm.size * k)
     return d, i, lab
 
 
 def nearest(shard: np.ndarray, shard_labels: np.ndarray, queries: np.ndarray, k: int,
-            distance: str, comm: Communicator, offset: int = 0,
-            exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            distance: str, comm: Communicator, offset: int = 0, exclude: np.ndarray | None = None,
+            shard_sq: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest reference samples of each query, over all ranks' shards: (indices (Q, k)
     int64, labels (Q, k) int64), nearest first by (distance, index). shard: this rank's (N, D)
     float64 reference rows, global indices offset..offset+N-1, labels (N,); queries (Q, D)
     float64, the same on every rank; exclude: (N,) bool, True for shard rows that are not
-    reference points here. Collective. ValueError (on every rank) if fewer than k points."""
-    dist = distances(queries, shard, None, distance)
+    reference points here; shard_sq: (N,) squared_norms(shard) for l2, if already computed.
+    Collective. ValueError (on every rank) if fewer than k points."""
+    dist = distances(queries, shard, shard_sq, distance)
     if exclude is not None:
         dist[:, exclude] = np.inf
     d, i = smallest(dist, k, offset)
@@ -161,12 +171,13 @@ def knn_predict(reference: np.ndarray, labels: np.ndarray, queries: np.ndarray |
     every rank calls with the same queries, ks, distance and block.
     """
     reference = flat64(reference)
+    reference_sq = squared_norms(reference) if distance == "l2" else None
     rows, kmax = as_rows(queries), max(ks)
     out = np.empty((len(ks), len(rows)), dtype=np.int64)
     for start in range(0, len(rows), block):
         stop = min(len(rows), start + block)
         _, near = nearest(reference, labels, rows[np.arange(start, stop)], kmax, distance, comm,
-                          offset, exclude)
+                          offset, exclude, reference_sq)
         for j, k in enumerate(ks):
             out[j, start:stop] = vote(near[:, :k])
     return out
@@ -193,12 +204,6 @@ def cross_validate(shard: np.ndarray, offset: int, train: np.ndarray | Rows,
                            block=block)
         correct += (pred == train_labels[held]).sum(axis=1)
     return correct / n
-
-
-def choose_k(ks: Sequence[int], accuracies: np.ndarray) -> int:
-    """The k of the best accuracy; among equal ones, the smallest k."""
-    best = max(accuracies)
-    return min(k for k, a in zip(ks, accuracies, strict=True) if a == best)
 
 
 @dataclass
@@ -230,17 +235,18 @@ def open_splits(args: argparse.Namespace) -> tuple[Dataset, Dataset]:
     given = [f"{flag} {value}" for flag, value in (("--dataset", args.dataset),
                                                     ("--features", args.features)) if value]
     if len(given) != 1:
-        raise BadInput(f"{' and '.join(given) + ' both' if given else 'neither'} given; "
+        both = " and ".join(given) + " both"
+        raise BadInput(f"{both if given else 'neither --dataset nor --features'} given; "
                        f"{SOURCE_EXPECTED}")
     if args.features:
         if not Path(args.features).is_file():
             raise BadInput(f"--features {args.features}: no such file; expected a distnn HDF5 "
                            f"file with train and test splits")
-        train = H5Dataset(args.features, "train")
+        h5_train = H5Dataset(args.features, "train")
         try:
-            return train, H5Dataset(args.features, "test")
+            return h5_train, H5Dataset(args.features, "test")
         except BaseException:
-            close(train)
+            close(h5_train)
             raise
     train = get_dataset(args.dataset, "train", args.data_dir)
     return train, get_dataset(args.dataset, "test", args.data_dir)
@@ -248,6 +254,8 @@ def open_splits(args: argparse.Namespace) -> tuple[Dataset, Dataset]:
 
 def check_plan(args: argparse.Namespace, ks: list[int], train: Dataset, test: Dataset) -> Plan:
     """The Plan of `args` on these splits; BadInput naming the value that does not fit them."""
+    if not len(test):
+        raise BadInput(f"{test.name}: the test split has no samples; expected some to score")
     if test.image_shape != train.image_shape:
         raise BadInput(f"test samples have shape {test.image_shape} and training samples "
                        f"{train.image_shape}; expected the same shape")
@@ -255,7 +263,7 @@ def check_plan(args: argparse.Namespace, ks: list[int], train: Dataset, test: Da
         raise BadInput(f"--train-size {args.train_size}: the training split has {len(train)} "
                        f"samples; expected 0 (all) to {len(train)}")
     n = args.train_size or len(train)
-    subset = np.sort(np.random.default_rng([args.seed, 11]).permutation(len(train))[:n])
+    subset = labelled_indices(len(train), n, args.seed)  # data.train_size's choice
     if args.folds > n:
         raise BadInput(f"--folds {args.folds}: more folds than the {n} training samples; "
                        f"expected 2 <= folds <= {n}, or 0 (no cross-validation)")
@@ -338,8 +346,9 @@ def main(args: argparse.Namespace) -> int:
             plan.close()
         return ExitCode.BAD_INPUT
     assert plan is not None  # no rank failed, this one included
-    try:
-        lines, chosen, accuracy, n = run(plan, comm, args.seed)
+    try:  # BLAS on cores / ranks threads: ranks sharing a node must not oversubscribe it
+        with threadpool_limits(rank_threads(0, comm.size)):
+            lines, chosen, accuracy, n = run(plan, comm, args.seed)
     finally:
         plan.close()
     if comm.rank == 0:

@@ -120,6 +120,28 @@ def test_two_ray_workers_equal_one_process(head, tmp_path):
     assert mn[-1]["n"] == m1[-1]["n"] == 2000  # test split counted once across ranks
 
 
+def test_init_from_and_a_frozen_prefix_on_ray_equal_one_process(head, tmp_path):
+    """--init-from and train.freeze_until on 2 Ray actors: the invariant step gives the bits of
+    one process, and the frozen layer is the pretrained one."""
+    pre = write_config(tmp_path / "pre.yaml", train={"epochs": 1, "max_steps": 4})
+    assert distnn(["train", str(pre), "--run-dir", str(tmp_path / "pre")]).returncode == 0
+    ckpt = tmp_path / "pre/checkpoints/last.h5"
+    cfg = write_config(tmp_path / "c.yaml", train={"epochs": 1, "max_steps": 6,
+                                                   "freeze_until": "conv0", "invariant": True,
+                                                   "groups": 4})
+    one = distnn(["train", str(cfg), "--run-dir", str(tmp_path / "one"), "--init-from",
+                  str(ckpt)])
+    assert one.returncode == 0, one.stderr
+    many = ray_train(head, cfg, tmp_path / "many", "--init-from", str(ckpt))
+    assert many.returncode == 0, many.stdout + many.stderr
+    assert f"init_from {ckpt}: loaded conv0, conv3, dense7" in many.stderr
+    a = params(tmp_path / "one/checkpoints/last.h5")
+    b = params(tmp_path / "many/checkpoints/last.h5")
+    for k in a:
+        np.testing.assert_array_equal(b[k], a[k], err_msg=k)
+    np.testing.assert_array_equal(b["conv0.W"], params(ckpt)["conv0.W"])
+
+
 # A `distnn train --backend ray` driver whose worker actors are a test subclass (pickled by value
 # from this script, so the actors need no test code on their path): rank 1 of the first worker
 # group SIGKILLs itself on entering step KILL_STEP of epoch KILL_EPOCH, i.e. after every rank has

@@ -9,7 +9,7 @@ from distnn.data import ArrayDataset, get_dataset, write_h5
 from distnn.nn import Sequential
 from distnn.train.checkpoint import load_checkpoint
 from distnn.train.transfer import init_from
-from tests.train.runs import TINY_MODEL, mpiexec, params, run, write_config
+from tests.train.runs import TINY_MODEL, metrics, mpiexec, params, run, write_config
 
 FIVE = [*TINY_MODEL[:-1], {"type": "dense", "units": 5}]  # a new head: 5 classes, not 10
 
@@ -66,7 +66,8 @@ def finetune_config(tmp, pretrained, five_classes, **train):
                                "freeze_until": "conv0", "invariant": True, "groups": 4,
                                **train},
                         optimizer={"lr_mult": {"conv*": 0.5}},
-                        schedule={"name": "constant", "base_lr": 0.01})
+                        schedule={"name": "constant", "base_lr": 0.01},
+                        log={"layers_every_steps": 3})
 
 
 def test_fine_tuning_keeps_frozen_layers_and_moves_the_rest_on_1_and_2_ranks(
@@ -80,6 +81,9 @@ def test_fine_tuning_keeps_frozen_layers_and_moves_the_rest_on_1_and_2_ranks(
     for key in ("conv0.W", "conv0.b"):  # frozen
         np.testing.assert_array_equal(after[key], before[key])
     assert not np.array_equal(after["conv3.W"], before["conv3.W"])  # fine-tuned at lr / 2
+    layers = [m["layers"] for m in metrics(tmp_path / "one") if m["split"] == "layers"]
+    assert layers and all(line["conv0"]["frozen"] and "update_ratio" not in line["conv0"]
+                          and line["conv3"]["update_ratio"] > 0 for line in layers)
     mpiexec()
     out = run(["train", str(cfg), "--run-dir", str(tmp_path / "two")], ranks=2)
     assert out.returncode == 0, out.stderr
