@@ -11,7 +11,7 @@ from distnn.config.schema import Config, ConfigError
 from distnn.nn.base import Layer
 
 
-def trained_kinds(layer: Layer) -> bool:
+def has_parameters(layer: Layer) -> bool:
     """Whether a layer of this kind has parameters (known before its shapes are)."""
     return type(layer).param_shapes is not Layer.param_shapes
 
@@ -21,7 +21,7 @@ def check_transfer(cfg: Config) -> None:
     t = cfg.train
     layers = nn.build_layers(cfg.model) if cfg.model else []
     names = [layer.name for layer in layers]
-    with_params = [layer.name for layer in layers if trained_kinds(layer)]
+    with_params = [layer.name for layer in layers if has_parameters(layer)]
     listed = ", ".join(with_params)
     for key, values in (("train.freeze", t.freeze), ("train.reset", t.reset)):
         for name in values:
@@ -61,4 +61,4 @@ def frozen_names(cfg: Config, layers: list[Layer] | None = None) -> tuple[str, .
     layers = nn.build_layers(cfg.model) if layers is None else layers
     names = [layer.name for layer in layers]
     upto = layers[:names.index(t.freeze_until) + 1]
-    return tuple(layer.name for layer in upto if trained_kinds(layer))
+    return tuple(layer.name for layer in upto if has_parameters(layer))

@@ -10,6 +10,7 @@ SIGTERM/SIGUSR1 after a checkpoint: resume with --resume auto).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -98,6 +99,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         console.err(f"distnn train: {one_line(exc)}")
         return ExitCode.BAD_INPUT
+    if cfg.train.init_from:  # relative to where the command runs, not where a worker does
+        start = str(Path(cfg.train.init_from).expanduser().absolute())
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=start))
     backend = args.backend or cfg.comm.backend
     backend = detect_backend() if backend == "auto" else backend
     if backend == "ray":  # this process is the Ray driver; the actors run run_worker

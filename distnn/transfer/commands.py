@@ -5,7 +5,8 @@ with `add_arguments` and `main(args) -> exit code`."""
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from distnn.subcommands import register_modules
 
 COMMANDS = {
     "features": "the codes of one layer of a trained network for every sample, as a dataset "
@@ -17,8 +18,4 @@ COMMANDS = {
 
 def register_transfer_commands(sub: argparse._SubParsersAction) -> None:
     """Add the transfer commands to the `distnn` subcommands."""
-    for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"distnn.transfer.{name}")
-        p = sub.add_parser(name, help=help_text, description=module.__doc__)
-        module.add_arguments(p)
-        p.set_defaults(func=module.main)
+    register_modules(sub, "distnn.transfer", COMMANDS)

@@ -24,7 +24,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from distnn import console
-from distnn.comm import create_communicator, detect_backend
+from distnn.comm import create_communicator, detect_backend, install_excepthook
 from distnn.config import ConfigError
 from distnn.console import one_line
 from distnn.data import Dataset, get_dataset, split_bounds, to_float
@@ -66,6 +66,8 @@ def main(args: argparse.Namespace) -> int:
         console.err(f"distnn features: {problem}")
         return ExitCode.BAD_INPUT
     comm = create_communicator(detect_backend())
+    if comm.size > 1:
+        install_excepthook(comm)  # an error on one rank only (a write) ends every rank
     t0 = time.perf_counter()
     try:
         written = extract(Path(args.checkpoint), args.layer, args.dataset, args.data_dir,

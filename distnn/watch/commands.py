@@ -5,7 +5,8 @@ their heavy dependencies (matplotlib, the model) inside `main`, so `distnn --hel
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from distnn.subcommands import register_modules
 
 COMMANDS = {
     "summary": "each layer's output shape, parameters, activation memory and FLOPs per image",
@@ -18,8 +19,4 @@ COMMANDS = {
 
 def register_watch_commands(sub: argparse._SubParsersAction) -> None:
     """Add the watching commands to the `distnn` subcommands."""
-    for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"distnn.watch.{name}")
-        p = sub.add_parser(name, help=help_text, description=module.__doc__)
-        module.add_arguments(p)
-        p.set_defaults(func=module.main)
+    register_modules(sub, "distnn.watch", COMMANDS)
