@@ -14,8 +14,9 @@ Run (from the repository, with the data in ../shared/data):
    (a) from scratch: the `fashion_mnist` config on them;
    (b) `distnn features` of the pretrained net's last hidden layer (relu12, 128 values) for
        all of Fashion-MNIST, then a linear classifier (flatten + dense 10) on the same 1,000;
-   (c) fine-tuning: `train.init_from` the pretrained net, conv0 and conv2 frozen
-       (`freeze_until: conv2`), a new head, the other layers at the full rate;
+   (c) fine-tuning: `train.init_from` the pretrained net and a new head (`train.reset`),
+       either conv0 and conv2 frozen (`freeze_until: conv2`) and the rest at the full rate, or
+       every layer trained with the convs at a tenth of the rate (`optimizer.lr_mult`);
    (d) kNN (L2, k in 1, 3, 5, 10 by 5-fold cross-validation) on the pixels and on the codes.
 First, the training step of the mnist net (one process, one thread, batch 64, alternating
 rounds) with nothing, conv0 + conv2, and all four convs frozen: img/s and the floats each
@@ -155,6 +156,12 @@ def main() -> None:
                          args.ranks, env)
     rows.append(("(c) fine-tune, conv0 + conv2 frozen, new head", test_accuracy(stdout), sec,
                  f"{train_speed(out / 'finetune'):.0f} train img/s"))
+    stdout, sec = distnn(["train", "fashion_mnist", "--run-dir", str(out / "finetune_all"),
+                          *few, "--set", f"train.init_from={ckpt}", "--set",
+                          "train.reset=[dense13]", "--set", "optimizer.lr_mult={conv*: 0.1}"],
+                         args.ranks, env)
+    rows.append(("(c) fine-tune all, convs at 0.1 x the rate", test_accuracy(stdout), sec,
+                 f"{train_speed(out / 'finetune_all'):.0f} train img/s"))
 
     knn = ["knn", "--k", "1,3,5,10", "--folds", "5", "--train-size", str(args.labelled)]
     for what, source in (("pixels", ["--dataset", "fashion_mnist"]),

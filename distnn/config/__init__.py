@@ -32,10 +32,10 @@ from distnn.config.schema import (
     TrainConfig,
 )
 from distnn.config.sections import schedule_spec
-from distnn.config.transfer import frozen_names
+from distnn.config.transfer import frozen_names, with_absolute_paths
 
 __all__ = ["CHOICES", "CheckpointConfig", "CommConfig", "Config", "ConfigError", "DataConfig",
            "EarlyStopConfig", "LogConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
            "apply_overrides", "bundled_config_path", "check_world_size", "from_dict",
            "frozen_names", "load_config", "model_errors", "parse_override", "parse_yaml",
-           "save_config", "schedule_spec", "to_dict"]
+           "save_config", "schedule_spec", "to_dict", "with_absolute_paths"]

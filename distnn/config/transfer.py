@@ -4,7 +4,9 @@ ConfigError naming the key, the value and the layers there are)."""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+from pathlib import Path
 
 from distnn import nn
 from distnn.config.schema import Config, ConfigError
@@ -62,3 +64,12 @@ def frozen_names(cfg: Config, layers: list[Layer] | None = None) -> tuple[str, .
     names = [layer.name for layer in layers]
     upto = layers[:names.index(t.freeze_until) + 1]
     return tuple(layer.name for layer in upto if has_parameters(layer))
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """`cfg` with train.init_from made absolute against the current directory: the path the
+    user gave is relative to where the command runs, not to where a worker does."""
+    if not cfg.train.init_from:
+        return cfg
+    start = str(Path(cfg.train.init_from).expanduser().absolute())
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=start))

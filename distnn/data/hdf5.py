@@ -140,6 +140,7 @@ class H5Dataset(Dataset):
         self.name, self.split = str(f.attrs.get("name", self.path.stem)), split
         self.provenance = f"{self.path} [{split}], converted from:\n{f.attrs.get('provenance', '')}"
         self.image_shape = tuple(int(d) for d in self._images.shape[1:])
+        self.stored_dtype = self._images.dtype  # uint8 pixels, or float32 codes
         labels = group["labels"]
         if self._images.dtype not in IMAGE_TYPES or self._images.ndim != 4 or labels.ndim != 1 \
                 or labels.dtype.kind not in "iuf" or self._images.shape[0] != labels.shape[0]:
@@ -162,7 +163,7 @@ class H5Dataset(Dataset):
         builds a slow hyperslab union (benchmarks/hdf5_read.py).
         """
         idx = self.check_indices(indices)
-        out = np.empty((idx.size,) + self.image_shape, dtype=self._images.dtype)
+        out = np.empty((idx.size,) + self.image_shape, dtype=self.stored_dtype)
         order = np.argsort(idx, kind="stable")
         ordered = idx[order]
         # Runs of consecutive indices (evaluation reads contiguous blocks) are one slice each.

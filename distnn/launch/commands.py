@@ -10,7 +10,6 @@ SIGTERM/SIGUSR1 after a checkpoint: resume with --resume auto).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os
@@ -26,7 +25,7 @@ from distnn.comm import (
     detect_backend,
     install_excepthook,
 )
-from distnn.config import ConfigError, load_config, parse_yaml
+from distnn.config import ConfigError, load_config, parse_yaml, with_absolute_paths
 from distnn.data.errors import DataError
 from distnn.exit_codes import ExitCode
 from distnn.launch.worker import one_line, report, run_worker
@@ -99,9 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         console.err(f"distnn train: {one_line(exc)}")
         return ExitCode.BAD_INPUT
-    if cfg.train.init_from:  # relative to where the command runs, not where a worker does
-        start = str(Path(cfg.train.init_from).expanduser().absolute())
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=start))
+    cfg = with_absolute_paths(cfg)  # train.init_from: relative to here, not to a worker
     backend = args.backend or cfg.comm.backend
     backend = detect_backend() if backend == "auto" else backend
     if backend == "ray":  # this process is the Ray driver; the actors run run_worker

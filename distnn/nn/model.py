@@ -128,7 +128,8 @@ class Sequential:
     """
 
     def __init__(self, specs: Sequence[dict[str, Any]], input_shape: Sequence[int],
-                 seed: int = 0, dtype: DTypeLike = np.float32, extra_grad_slots: int = 0) -> None:
+                 seed: int = 0, dtype: DTypeLike = np.float32, extra_grad_slots: int = 0,
+                 input_grad: bool = False) -> None:
         self.layers = build_layers(specs)
         self.specs = [dict(s) for s in specs]
         self.input_shape = tuple(int(d) for d in input_shape)
@@ -140,7 +141,10 @@ class Sequential:
             shape = layer.build(shape, self.dtype)
         _check_sizes(self.layers)
         self.output_shape = shape
-        self.layers[0].input_grad = False
+        # input_grad: backward returns d(loss)/d(inputs) (saliency maps, adversarial examples,
+        # gradient checks); off in training, where nobody needs it.
+        self.input_grad = input_grad
+        self.layers[0].input_grad = input_grad
         self._fuse_relus()
         self._bind(extra_grad_slots)
         self.frozen: tuple[str, ...] = ()
@@ -191,12 +195,19 @@ class Sequential:
             x = layer.forward(x, training and not layer.frozen)
         return x
 
-    def backward(self, dout: np.ndarray) -> None:
-        """Back-propagate d(loss)/d(scores); overwrites model.grads (those of the trained
-        layers: the frozen prefix is not visited, see freeze)."""
+    def backward(self, dout: np.ndarray, overwrite: bool = False) -> np.ndarray | None:
+        """Back-propagate d(loss)/d(scores) after a forward pass; overwrites model.grads (those
+        of the trained layers: the frozen prefix is not visited, see freeze). Returns
+        d(loss)/d(inputs) for a model built with input_grad=True (and nothing frozen), else
+        None. `dout` is left as it was (layers work in place on what they are given: a ReLU
+        masks it) unless `overwrite` says the caller does not need it any more (saves a copy).
+        """
+        if not overwrite:
+            dout = dout.copy()
         for layer in reversed(self.layers[self.backward_stop:]):
             # Only the first layer visited returns None (it computes no input gradient).
             dout = cast(np.ndarray, layer.backward(dout))
+        return dout
 
     # -- transfer: frozen layers, per-layer learning rates -------------------------------------
     def freeze(self, names: Sequence[str]) -> None:
@@ -222,7 +233,8 @@ class Sequential:
                              f"expected at least one to train")
         self.backward_stop = trained[0]
         for i, layer in enumerate(self.layers):
-            layer.input_grad = i > self.backward_stop
+            layer.input_grad = i > self.backward_stop or (i == 0 == self.backward_stop
+                                                          and self.input_grad)
         first = self.layers[self.backward_stop]
         self.train_offset = offset_in(self.params, next(iter(first.p.values())))
 
@@ -256,7 +268,7 @@ class Sequential:
             scores = self.forward(x, training=True)
             value, dscores = fn(scores, y, denom=denom)
         with self.spans.span("backward"):
-            self.backward(dscores)
+            self.backward(dscores, overwrite=True)  # the loss's own array
         if l2:
             share = x.shape[0] / (denom or x.shape[0])
             value += l2 * share * self.add_l2_(l2 * share)

@@ -6,6 +6,8 @@ Layout of a checkpoint file:
   /normalization/mean, /normalization/std   per-channel input normalisation (C,)
   attrs: format, step, epoch, step_in_epoch, config (YAML text), model_spec (JSON),
          coordinator (JSON: schedule, early-stopping and best-k state, rollbacks, lr scale),
+         inputs (JSON: the per-sample input shape and the class names; absent in files written
+         before it, which then need the dataset to know them),
          arrays (JSON list of every dataset above), meta_crc32
 Integrity (format 2): every dataset carries a `crc32` attribute, the CRC-32 of its dtype, shape
 and raw bytes; `meta_crc32` covers the attributes above and the optimizer scalars. A checkpoint
@@ -47,6 +49,9 @@ class Snapshot:
     config_yaml: str
     model_spec: list
     coordinator: dict = field(default_factory=dict)
+    # {"input_shape": [H, W, C], "class_names": [...]}: what the model takes and names ({} in
+    # files written before it).
+    inputs: dict = field(default_factory=dict)
 
 
 def array_crc(arr: np.ndarray) -> int:
@@ -86,6 +91,8 @@ def _write_h5(fh: h5py.File, snap: Snapshot) -> None:
                  step_in_epoch=snap.step_in_epoch, config=snap.config_yaml,
                  model_spec=json.dumps(snap.model_spec),
                  coordinator=json.dumps(snap.coordinator), arrays=json.dumps(list(arrays)))
+    if snap.inputs:
+        attrs["inputs"] = json.dumps(snap.inputs)
     fh.attrs.update(attrs, meta_crc32=_meta_crc(attrs, scalars))
 
 
@@ -239,6 +246,7 @@ def _read_h5(fh: h5py.File, path: Path) -> Snapshot:
         config_yaml=str(attrs["config"]),
         model_spec=json.loads(attrs["model_spec"]),
         coordinator=json.loads(attrs["coordinator"]),
+        inputs=json.loads(attrs.get("inputs", "{}")),
     )
 
 

@@ -55,6 +55,9 @@ class CheckpointKeeper:
             parts.model, parts.optimizer, parts.schedule, parts.normalization)
         self.folder = Path(run_dir) / "checkpoints"
         self.config_yaml = yaml.safe_dump(to_dict(cfg))
+        train = parts.splits.train  # what the model takes and names (distnn.load reads it)
+        self.inputs = {"input_shape": list(parts.model.input_shape),
+                       "class_names": [str(c) for c in train.class_names]}
         self.keep_good = cfg.train.on_divergence == "rollback"
         self.good: ckpt.Snapshot | None = None
         self.pending: tuple[ckpt.Snapshot | None, int] | None = None
@@ -87,7 +90,7 @@ class CheckpointKeeper:
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             normalization=self.normalization, step=state.step, epoch=state.epoch,
             step_in_epoch=state.step_in_epoch, config_yaml=self.config_yaml,
-            model_spec=list(self.cfg.model), coordinator=state.to_json())
+            model_spec=list(self.cfg.model), coordinator=state.to_json(), inputs=self.inputs)
 
     def load(self, snap: ckpt.Snapshot) -> RunState:
         """Copy `snap` into the model, optimizer and schedule; returns its RunState."""

@@ -95,7 +95,8 @@ def load_on_root(path: Path | None, model_spec, comm) -> ckpt.Snapshot | None:
         raise CheckpointError(error)
     if not comm.bcast_obj(snap is not None):
         return None
-    fields = ("step", "epoch", "step_in_epoch", "config_yaml", "model_spec", "coordinator")
+    fields = ("step", "epoch", "step_in_epoch", "config_yaml", "model_spec", "coordinator",
+              "inputs")
     meta = comm.bcast_obj({k: getattr(snap, k) for k in fields} if comm.rank == 0 else None)
     model = broadcast_arrays(snap.model if snap else None, comm)
     optim = broadcast_arrays(snap.optimizer if snap else None, comm)
