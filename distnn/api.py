@@ -107,10 +107,11 @@ class Model:
     its inputs (per-channel mean and std, or None) and the names of its classes."""
 
     def __init__(self, network: Sequential, normalization: tuple[np.ndarray, np.ndarray] | None,
-                 class_names: Sequence[str], loss: str = "softmax") -> None:
+                 class_names: Sequence[str], loss: str = "softmax", pixels: bool = True) -> None:
         self.network, self.normalization = network, normalization
         self.class_names = tuple(str(c) for c in class_names)
         self.loss = loss
+        self.pixels = pixels  # trained on images (floats in 0..1), not on a features file
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -128,14 +129,24 @@ class Model:
         if x.dtype != np.uint8 and x.dtype.kind != "f":
             raise ValueError(f"images of dtype {x.dtype}, expected uint8 (0..255) or float "
                              f"(0..1)")
+        if x.dtype.kind == "f" and x.size:
+            if not np.isfinite(x).all():
+                raise ValueError("images hold NaN or infinite values, expected finite floats")
+            low, high = float(x.min()), float(x.max())
+            if self.pixels and (low < 0 or high > 1):
+                raise ValueError(f"float images range over {low:g}..{high:g}, expected 0..1 "
+                                 f"(pixels / 255; or pass the uint8 pixels)")
         return x
 
     def predict(self, x: np.ndarray, batch_size: int = 256,
                 threads: int | None = None) -> np.ndarray:
         """Class probabilities (N, K) float64 of images x: (N, H, W, C) (or one (H, W, C)),
-        uint8 pixels (0..255) or floats already scaled to 0..1; the model's normalisation is
-        applied. Evaluation mode, `batch_size` images at a time, on `threads` threads (default:
-        every core); the same numbers for any thread count."""
+        uint8 pixels (0..255) or floats already scaled to 0..1 (a model trained on a features
+        file: its float codes as they are); the model's normalisation is applied. Evaluation
+        mode, `batch_size` images at a time, on `threads` threads (default: every core). The
+        same bits for any thread count; an image batched with other images may differ in the
+        last bits (a GEMM's rounding depends on its shape). The softmax of the scores: for a
+        model trained with train.loss: svm, a ranking rather than calibrated probabilities."""
         x = self._inputs(x)
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size}, expected >= 1")
@@ -171,7 +182,8 @@ def model_from(snap: Snapshot, path: Path, input_shape: Sequence[int] | None = N
     if input_shape is not None:
         shape = input_shape
     if shape is None or names is None:  # written before checkpoints recorded them
-        data = get_dataset(cfg.data.dataset, "test", data_dir or cfg.data.data_dir)
+        data = get_dataset(cfg.data.dataset, "test", data_dir or cfg.data.data_dir,
+                           download=False)
         shape = shape if shape is not None else data.image_shape
         names = names if names is not None else data.class_names
     try:
@@ -180,13 +192,19 @@ def model_from(snap: Snapshot, path: Path, input_shape: Sequence[int] | None = N
     except (SpecError, StateError) as exc:
         raise CheckpointError(f"{path}: its model does not fit inputs {tuple(shape)}: "
                               f"{exc}") from None
-    return Model(network, snap.normalization, names, cfg.train.loss)
+    outputs = int(np.prod(network.output_shape))
+    if len(names) != outputs:
+        raise CheckpointError(f"{path}: {len(names)} class names for the model's {outputs} "
+                              f"outputs, expected one name per output")
+    return Model(network, snap.normalization, names, cfg.train.loss,
+                 snap.inputs.get("pixels", True))
 
 
 def load(path: str | Path, input_shape: Sequence[int] | None = None,
          data_dir: str | None = None) -> Model:
     """The trained model in a distnn checkpoint (`best.h5`, `last.h5`, ...). A file that is
     not a distnn checkpoint, or fails its checks, raises CheckpointError naming it. Checkpoints
-    written before distnn recorded input shapes need `input_shape` or their dataset."""
+    written before distnn recorded input shapes and class names take them from `input_shape`
+    and their dataset's files (never downloaded: a DataError when they are not there)."""
     path = Path(path)
     return model_from(load_checkpoint(path), path, input_shape, data_dir)

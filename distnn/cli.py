@@ -1,5 +1,5 @@
 """The `distnn` command line: train, evaluate, sweep, data, summary, sanity, plot, trace,
-features, knn."""
+features, knn, export, predict."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ if sys.argv[1:2] == ["train"]:
 import argparse  # noqa: E402 - after the handlers, on purpose
 
 from distnn.data.commands import register_data_commands  # noqa: E402
+from distnn.export.commands import register_export_command  # noqa: E402
+from distnn.inference.commands import register_inference_commands  # noqa: E402
 from distnn.launch.commands import register_train_commands  # noqa: E402
 from distnn.sweep.commands import register_sweep_command  # noqa: E402
 from distnn.transfer.commands import register_transfer_commands  # noqa: E402
@@ -33,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_data_commands(sub)
     register_watch_commands(sub)
     register_transfer_commands(sub)
+    register_export_command(sub)
+    register_inference_commands(sub)
     return parser
 
 

@@ -74,6 +74,10 @@ def test_bad_input_names_it(tmp_path, runs):
         model.predict(np.zeros((2, 32, 32, 1), np.uint8))
     with pytest.raises(ValueError, match="dtype int64"):
         model.predict(np.zeros((2, 28, 28, 1), np.int64))
+    with pytest.raises(ValueError, match=r"range over 0..255, expected 0..1"):
+        model.predict(np.full((2, 28, 28, 1), 255.0))
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict(np.full((1, 28, 28, 1), np.nan, np.float32))
 
 
 def test_an_old_checkpoint_without_inputs_takes_them_from_its_dataset(runs):

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from distnn import console
@@ -56,8 +57,10 @@ class CheckpointKeeper:
         self.folder = Path(run_dir) / "checkpoints"
         self.config_yaml = yaml.safe_dump(to_dict(cfg))
         train = parts.splits.train  # what the model takes and names (distnn.load reads it)
+        pixels = len(train) == 0 or train.read(np.arange(1)).dtype == np.uint8
         self.inputs = {"input_shape": list(parts.model.input_shape),
-                       "class_names": [str(c) for c in train.class_names]}
+                       "class_names": [str(c) for c in train.class_names],
+                       "pixels": bool(pixels)}  # False: float codes of a features file
         self.keep_good = cfg.train.on_divergence == "rollback"
         self.good: ckpt.Snapshot | None = None
         self.pending: tuple[ckpt.Snapshot | None, int] | None = None

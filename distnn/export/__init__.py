@@ -1,0 +1,1 @@
+"""A trained distnn network as an ONNX graph (`distnn export`), checked by ONNX Runtime."""

@@ -1,0 +1,1 @@
+"""Using a trained network on new inputs: `distnn predict` (image files, folders, arrays)."""
