@@ -75,7 +75,7 @@ def test_bad_input_names_it(tmp_path, runs):
     with pytest.raises(ValueError, match="dtype int64"):
         model.predict(np.zeros((2, 28, 28, 1), np.int64))
     with pytest.raises(ValueError, match=r"range over 0..255, expected 0..1"):
-        model.predict(np.full((2, 28, 28, 1), 255.0))
+        model.predict(np.linspace(0, 255, 2 * 784).reshape(2, 28, 28, 1))
     with pytest.raises(ValueError, match="NaN"):
         model.predict(np.full((1, 28, 28, 1), np.nan, np.float32))
 
