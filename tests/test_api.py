@@ -125,3 +125,13 @@ def test_backward_leaves_the_callers_array_untouched(tail, training):
     kept = dout.copy()
     model.backward(dout)
     np.testing.assert_array_equal(dout, kept)
+
+
+@pytest.mark.parametrize("specs", [[{"type": "flatten"}],
+                                   [{"type": "flatten"}, {"type": "dropout", "rate": 0.3}]])
+def test_forward_never_returns_a_view_of_the_callers_array(specs):
+    model = Sequential(specs, (2, 3, 1))
+    x = np.arange(12, dtype=np.float32).reshape(2, 2, 3, 1)
+    out = model.forward(x, training=False)
+    assert not np.may_share_memory(out, x)
+    np.testing.assert_array_equal(out, x.reshape(2, 6))

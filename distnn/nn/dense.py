@@ -10,7 +10,8 @@ from distnn.nn.init import fill_normal, init_std
 
 
 class Flatten(Layer):
-    """x: (N, H, W, C) -> (N, H*W*C) in NHWC order (a view, no copy)."""
+    """x: (N, H, W, C) -> (N, H*W*C) in NHWC order (a view of x, no copy; a Sequential never
+    hands it back to its caller, see Sequential.forward)."""
 
     kind = "flatten"
 

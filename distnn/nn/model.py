@@ -190,10 +190,14 @@ class Sequential:
     # -- computation --------------------------------------------------------------------------
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
         """x: (N,) + input_shape of the model's dtype -> scores (N,) + output_shape. Frozen
-        layers run in evaluation mode (see freeze)."""
+        layers run in evaluation mode (see freeze). The result is a work buffer of the model
+        (reused by the next call), never a view of the caller's x."""
+        given = x
         for layer in self.layers:
             x = layer.forward(x, training and not layer.frozen)
-        return x
+        # Flatten and evaluation-mode dropout pass their input on as a view: a model made of
+        # only such layers would hand back the caller's own array.
+        return x.copy() if np.may_share_memory(x, given) else x
 
     def backward(self, dout: np.ndarray, overwrite: bool = False) -> np.ndarray | None:
         """Back-propagate d(loss)/d(scores) after a forward pass; overwrites model.grads (those

@@ -51,6 +51,8 @@ class Dropout(Layer):
     or, once `keys` holds one uint64 per sample of the next batch (set by a world-size
     invariant step), from a hash of each sample's key: then a sample's mask is the same in
     any batch (distnn/train/invariant.py).
+    In evaluation `forward` returns x itself and `backward` dout itself (no copy); a
+    Sequential never hands them back to its caller (see Sequential.forward / backward).
     """
 
     kind = "dropout"
