@@ -120,6 +120,7 @@ def test_two_ray_workers_equal_one_process(head, tmp_path):
     assert mn[-1]["n"] == m1[-1]["n"] == 2000  # test split counted once across ranks
 
 
+@pytest.mark.slow  # the MPI twin (tests/transfer/test_init_from.py) runs by default
 def test_init_from_and_a_frozen_prefix_on_ray_equal_one_process(head, tmp_path):
     """--init-from and train.freeze_until on 2 Ray actors: the invariant step gives the bits of
     one process, and the frozen layer is the pretrained one."""

@@ -15,7 +15,7 @@ from distnn.nn import Sequential  # noqa: E402
 from distnn.nn.activations import ReLU  # noqa: E402
 from distnn.nn.base import Layer  # noqa: E402
 from distnn.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from tests.train.runs import run, write_config  # noqa: E402
+from tests.train.runs import run, tiny_checkpoint  # noqa: E402
 
 TOL = 1e-5  # |onnxruntime - distnn| / max(1, |distnn|), what `check` returns
 
@@ -158,11 +158,7 @@ def test_a_layer_without_an_onnx_form_is_an_export_error_naming_it(cls):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """The tiny model (tests.train.runs.TINY_MODEL) after 3 steps on mini MNIST."""
-    tmp = tmp_path_factory.mktemp("ckpt")
-    cfg = write_config(tmp / "tiny.yaml", train={"epochs": 1, "max_steps": 3})
-    done = run(["train", str(cfg), "--run-dir", str(tmp / "run")])
-    assert done.returncode == 0, done.stderr
-    return tmp / "run" / "checkpoints" / "last.h5"
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), 3)
 
 
 def test_export_writes_a_graph_that_onnxruntime_checks(tmp_path, checkpoint):

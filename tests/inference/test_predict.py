@@ -17,7 +17,7 @@ import distnn.api
 from distnn.cli import main
 from distnn.data import ArrayDataset, get_dataset, write_h5
 from distnn.inference.images import InputError, list_inputs, read_image
-from tests.train.runs import mpiexec, run, write_config
+from tests.train.runs import mpiexec, run, tiny_checkpoint
 
 SHAPE = (28, 28, 1)
 
@@ -25,11 +25,7 @@ SHAPE = (28, 28, 1)
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     """The tiny model (tests.train.runs.TINY_MODEL) after 20 steps on mini MNIST."""
-    tmp = tmp_path_factory.mktemp("ckpt")
-    cfg = write_config(tmp / "tiny.yaml", train={"epochs": 1, "max_steps": 20})
-    done = run(["train", str(cfg), "--run-dir", str(tmp / "run")])
-    assert done.returncode == 0, done.stderr
-    return tmp / "run" / "checkpoints" / "last.h5"
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), 20)
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,15 @@ def mpiexec() -> str:
     return str(exe)
 
 
+def tiny_checkpoint(tmp: Path, steps: int) -> Path:
+    """Train TINY_MODEL for `steps` steps on mini MNIST with `distnn train` in `tmp`; its
+    checkpoints/last.h5."""
+    cfg = write_config(tmp / "tiny.yaml", train={"epochs": 1, "max_steps": steps})
+    done = run(["train", str(cfg), "--run-dir", str(tmp / "run")])
+    assert done.returncode == 0, done.stderr
+    return tmp / "run" / "checkpoints" / "last.h5"
+
+
 def command(args: list[str], ranks: int | None) -> list[str]:
     base = [str(BIN / "distnn")] + args
     return base if ranks is None else [mpiexec(), "-n", str(ranks)] + base

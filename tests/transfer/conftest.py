@@ -2,15 +2,11 @@
 
 import pytest
 
-from tests.train.runs import run, write_config
+from tests.train.runs import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A checkpoint of the tiny model (tests.train.runs.TINY_MODEL) after 8 steps on mini
     MNIST."""
-    tmp = tmp_path_factory.mktemp("pre")
-    cfg = write_config(tmp / "pre.yaml", train={"epochs": 1, "max_steps": 8})
-    out = run(["train", str(cfg), "--run-dir", str(tmp / "run")])
-    assert out.returncode == 0, out.stderr
-    return tmp / "run" / "checkpoints" / "last.h5"
+    return tiny_checkpoint(tmp_path_factory.mktemp("pre"), 8)

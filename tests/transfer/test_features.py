@@ -5,6 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
+from distnn.cli import main
 from distnn.data import get_dataset, to_float
 from distnn.nn import Sequential
 from distnn.train.checkpoint import load_checkpoint
@@ -52,17 +53,20 @@ def test_codes_equal_the_models_forward_and_train_a_linear_classifier(tmp_path, 
     (["--layer", "conv9"], "--layer conv9: not a layer of"),
     (["--layer", "conv0", "--out", "x.txt"], "--out x.txt: expected a .h5 file name"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, pretrained, args, message):
-    argv = ["features", str(pretrained), "--out", str(tmp_path / "f.h5"), *args]
-    done = run(argv, cwd=tmp_path)
-    assert done.returncode == 2
-    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+def test_bad_input_is_one_line_and_exit_2(tmp_path, pretrained, args, message, capsys,
+                                          monkeypatch):
+    """In this process (distnn.cli.main, as the `distnn` script runs it)."""
+    monkeypatch.chdir(tmp_path)
+    code = main(["features", str(pretrained), "--out", str(tmp_path / "f.h5"), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not list(tmp_path.glob("*.h5")) and not list(tmp_path.glob(".*part"))
 
 
-def test_an_existing_output_is_never_overwritten_unasked(tmp_path, pretrained):
+def test_an_existing_output_is_never_overwritten_unasked(tmp_path, pretrained, capsys):
     out = tmp_path / "f.h5"
     out.write_bytes(b"keep me")
-    done = run(["features", str(pretrained), "--layer", "conv0", "--out", str(out)])
-    assert done.returncode == 2 and "exists" in done.stderr
+    code = main(["features", str(pretrained), "--layer", "conv0", "--out", str(out)])
+    assert code == 2 and "exists" in capsys.readouterr().err
     assert out.read_bytes() == b"keep me"
