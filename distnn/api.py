@@ -30,19 +30,19 @@ from distnn.config import (
     check_world_size,
     from_dict,
     load_config,
-    parse_yaml,
     with_absolute_paths,
 )
 from distnn.data import Dataset, get_dataset, to_float
 from distnn.exit_codes import ExitCode
 from distnn.launch.rundir import resolve_run
-from distnn.nn import Sequential, SpecError, StateError
+from distnn.nn import Sequential
 from distnn.nn import threads as nn_threads
 from distnn.train import run as train_run
 from distnn.train.checkpoint import Snapshot, load_checkpoint
 from distnn.train.ensemble import softmax64
 from distnn.train.errors import CheckpointError, TrainingDiverged
 from distnn.train.evaluate import evaluate as evaluate_split
+from distnn.train.evaluate_checkpoint import saved_config, saved_network
 from distnn.train.setup import rank_threads
 
 __all__ = ["Model", "RunResult", "load", "train"]
@@ -174,10 +174,7 @@ def model_from(snap: Snapshot, path: Path, input_shape: Sequence[int] | None = N
                data_dir: str | None = None) -> Model:
     """The Model of a checkpoint snapshot: its architecture for the input shape it records (or
     `input_shape`, or its dataset's), its parameters, normalisation and class names."""
-    try:
-        cfg = from_dict(parse_yaml(snap.config_yaml, "its config") or {})
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+    cfg = saved_config(snap, path)
     shape, names = snap.inputs.get("input_shape"), snap.inputs.get("class_names")
     if input_shape is not None:
         shape = input_shape
@@ -186,12 +183,7 @@ def model_from(snap: Snapshot, path: Path, input_shape: Sequence[int] | None = N
                            download=False)
         shape = shape if shape is not None else data.image_shape
         names = names if names is not None else data.class_names
-    try:
-        network = Sequential(list(cfg.model), tuple(shape), seed=cfg.seed, dtype=np.float32)
-        network.load_state_dict(snap.model)
-    except (SpecError, StateError) as exc:
-        raise CheckpointError(f"{path}: its model does not fit inputs {tuple(shape)}: "
-                              f"{exc}") from None
+    network = saved_network(path, snap, cfg, tuple(shape))
     outputs = int(np.prod(network.output_shape))
     if len(names) != outputs:
         raise CheckpointError(f"{path}: {len(names)} class names for the model's {outputs} "

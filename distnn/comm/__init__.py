@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from distnn.comm.base import OPS, Communicator
+from distnn.comm.base import OPS, Communicator, failed_ranks
 from distnn.comm.failfast import install_excepthook
 from distnn.comm.local import LocalCommunicator
 
@@ -79,4 +79,4 @@ def detect_backend() -> str:
 
 
 __all__ = ["BACKENDS", "INSTALL_HINTS", "OPS", "Communicator", "create_communicator",
-           "detect_backend", "install_excepthook"]
+           "detect_backend", "failed_ranks", "install_excepthook"]

@@ -242,3 +242,11 @@ def check_timeout(timeout: object) -> float | None:
         raise ValueError(f"timeout must be a positive number of seconds or None (no timeout), "
                          f"got {timeout!r}")
     return float(timeout)
+
+
+def failed_ranks(comm: Communicator, failed: bool) -> list[int]:
+    """The ranks on which `failed` is true, in rank order: the same list on every rank, so
+    that every rank takes the same way on (a bad input seen by some ranks only ends them all).
+    Collective: every rank must call."""
+    flags = comm.allreduce_obj([int(r == comm.rank and failed) for r in range(comm.size)])
+    return [r for r, flag in enumerate(flags) if flag]

@@ -148,10 +148,11 @@ def from_dict(raw: dict) -> Config:
             optim.make_schedule(schedule_spec(cfg))
         except ValueError as exc:
             raise _scaled_context(exc, cfg) from None
+    layers = []
     if cfg.model:  # all but the shapes, which need the data (checked when the model is built)
         with model_errors():
-            nn.build_layers(cfg.model)
-    check_transfer(cfg)
+            layers = nn.build_layers(cfg.model)
+    check_transfer(cfg, layers)
     check_folds(cfg.data)
     t = cfg.train
     if t.groups > MAX_GROUPS:

@@ -18,10 +18,10 @@ def has_parameters(layer: Layer) -> bool:
     return type(layer).param_shapes is not Layer.param_shapes
 
 
-def check_transfer(cfg: Config) -> None:
-    """The transfer keys of `cfg` against its model's layers (ConfigError if any is wrong)."""
+def check_transfer(cfg: Config, layers: list[Layer]) -> None:
+    """The transfer keys of `cfg` against its model's `layers` (nn.build_layers of cfg.model,
+    [] for none): ConfigError if any is wrong."""
     t = cfg.train
-    layers = nn.build_layers(cfg.model) if cfg.model else []
     names = [layer.name for layer in layers]
     with_params = [layer.name for layer in layers if has_parameters(layer)]
     listed = ", ".join(with_params)

@@ -26,10 +26,10 @@ from distnn.data import DataError, Dataset, get_dataset
 from distnn.data.transforms import value_scale
 from distnn.exit_codes import ExitCode
 from distnn.export.onnx_graph import TOLERANCE, ExportError, check, input_dims, to_onnx
-from distnn.nn import Sequential, SpecError, StateError
+from distnn.nn import Sequential
 from distnn.train.checkpoint import Snapshot, replace_atomically
 from distnn.train.errors import CheckpointError
-from distnn.train.evaluate_checkpoint import read_saved
+from distnn.train.evaluate_checkpoint import read_saved, saved_network
 
 HELP = "the trained network of a checkpoint as an ONNX graph, checked by ONNX Runtime"
 CHECK_IMAGES = 256  # images --check runs through both
@@ -157,12 +157,7 @@ def load_network(path: Path, shape: tuple[int, ...] | None, data_dir: str | None
                                   f"H,W,C (or --data-dir)")
         shape = tuple(data.image_shape)
         names = names or list(data.class_names)
-    try:
-        model = Sequential(list(cfg.model), shape, seed=cfg.seed, dtype=np.float32)
-        model.load_state_dict(snap.model)
-    except (SpecError, StateError) as exc:
-        raise CheckpointError(f"{path}: its model does not fit inputs {shape}: {exc}") from None
-    return model, snap, names, data
+    return saved_network(path, snap, cfg, shape), snap, names, data
 
 
 def check_images(model: Sequential, data: Dataset | None) -> tuple[np.ndarray, str]:

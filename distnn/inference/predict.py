@@ -33,7 +33,13 @@ import numpy as np
 
 from distnn import console
 from distnn.api import Model, load
-from distnn.comm import Communicator, create_communicator, detect_backend, install_excepthook
+from distnn.comm import (
+    Communicator,
+    create_communicator,
+    detect_backend,
+    failed_ranks,
+    install_excepthook,
+)
 from distnn.console import one_line
 from distnn.data import split_bounds
 from distnn.data.errors import DataError
@@ -112,11 +118,10 @@ def agree(failure: Exception | None, comm: Communicator) -> str | None:
     Collective: every rank calls, so none is left waiting."""
     if comm.size == 1:
         return None if failure is None else one_line(failure)
-    flags = comm.allreduce_obj([int(r == comm.rank and failure is not None)
-                                for r in range(comm.size)])
-    if not any(flags):
+    failed = failed_ranks(comm, failure is not None)
+    if not failed:
         return None
-    first = flags.index(1)
+    first = failed[0]
     return comm.bcast_obj(one_line(failure) if comm.rank == first else None, root=first)
 
 

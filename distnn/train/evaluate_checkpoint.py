@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from distnn.config import Config, ConfigError, from_dict, parse_yaml
 from distnn.data import Dataset, get_dataset
-from distnn.nn import Sequential, StateError
+from distnn.nn import Sequential, SpecError, StateError
 from distnn.nn import threads as nn_threads
 from distnn.train.checkpoint import Snapshot
 from distnn.train.errors import CheckpointError
@@ -25,11 +27,31 @@ def read_saved(path: Path, comm) -> tuple[Snapshot, Config]:
     Collective: all ranks must call."""
     snap = load_on_root(path, None, comm)
     assert snap is not None  # a path was given: a snapshot or a CheckpointError
+    return snap, saved_config(snap, path)
+
+
+def saved_config(snap: Snapshot, path: Path) -> Config:
+    """The config saved in the checkpoint `snap` read from `path` (CheckpointError naming the
+    file if it does not load)."""
     try:
-        cfg = from_dict(parse_yaml(snap.config_yaml, "its config") or {})
+        return from_dict(parse_yaml(snap.config_yaml, "its config") or {})
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    return snap, cfg
+
+
+def saved_network(path: Path, snap: Snapshot, cfg: Config, input_shape: tuple[int, ...],
+                  inputs: str | None = None) -> Sequential:
+    """The checkpoint's layers (`cfg.model`, float32) for per-sample `input_shape`, with its
+    parameters: what evaluation-only users (predict, features, export) run. A model that does
+    not fit is a CheckpointError naming the file and `inputs` (default: the shape)."""
+    try:
+        network = Sequential(list(cfg.model), tuple(input_shape), seed=cfg.seed,
+                             dtype=np.float32)
+        network.load_state_dict(snap.model)
+    except (SpecError, StateError) as exc:
+        raise CheckpointError(f"{path}: its model does not fit "
+                              f"{inputs or f'inputs {tuple(input_shape)}'}: {exc}") from None
+    return network
 
 
 def fit_model(path: Path, snap: Snapshot, cfg: Config, data: Dataset, name: str,

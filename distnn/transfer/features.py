@@ -31,10 +31,10 @@ from distnn.data import Dataset, get_dataset, split_bounds, to_float
 from distnn.data.errors import DataError
 from distnn.data.hdf5 import CHUNK_BYTES, FORMAT, VERSION, chunk_samples
 from distnn.exit_codes import ExitCode
-from distnn.nn import Sequential, SpecError, StateError
+from distnn.nn import Sequential
 from distnn.nn import threads as nn_threads
 from distnn.train.errors import CheckpointError
-from distnn.train.evaluate_checkpoint import read_saved
+from distnn.train.evaluate_checkpoint import read_saved, saved_network
 from distnn.train.setup import rank_threads
 
 BLOCK = 2048  # samples reduced (and written) at a time: bounded memory on every rank
@@ -85,12 +85,8 @@ def main(args: argparse.Namespace) -> int:
 def layer_model(path: Path, snap, cfg, data: Dataset, layer: str) -> tuple[Sequential, int]:
     """The checkpoint's model built for `data`'s images with its parameters, and the index of
     `layer` in it. CheckpointError (model does not fit) or ValueError (no such layer)."""
-    try:
-        model = Sequential(list(cfg.model), data.image_shape, seed=cfg.seed, dtype=np.float32)
-        model.load_state_dict(snap.model)
-    except (SpecError, StateError) as exc:
-        raise CheckpointError(f"{path}: its model does not fit {data.name} images "
-                              f"{data.image_shape}: {exc}") from None
+    model = saved_network(path, snap, cfg, data.image_shape,
+                          f"{data.name} images {data.image_shape}")
     names = [lay.name for lay in model.layers]
     if layer not in names:
         raise ValueError(f"--layer {layer}: not a layer of {path}'s model; expected one of "

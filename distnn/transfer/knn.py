@@ -26,7 +26,13 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from distnn.comm import Communicator, create_communicator, detect_backend, install_excepthook
+from distnn.comm import (
+    Communicator,
+    create_communicator,
+    detect_backend,
+    failed_ranks,
+    install_excepthook,
+)
 from distnn.console import err, one_line
 from distnn.data import DataError, Dataset, H5Dataset, get_dataset, split_bounds
 from distnn.exit_codes import ExitCode
@@ -295,15 +301,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def agree(failure: Exception | None, comm: Communicator) -> bool:
     """Whether any rank failed; a rank that failed prints its one line, a rank whose peers
     failed says which. Collective: every rank calls, so none is left waiting."""
-    flags = comm.allreduce_obj([int(r == comm.rank and failure is not None)
-                                for r in range(comm.size)])
+    failed = failed_ranks(comm, failure is not None)
     tag = f" [rank {comm.rank}]" if comm.size > 1 else ""
     if failure is not None:
         err(f"distnn knn{tag}: {one_line(failure)}")
-    elif any(flags):
-        failed = ", ".join(str(r) for r, f in enumerate(flags) if f)
-        err(f"distnn knn{tag}: stopped: rank(s) {failed} rejected the input")
-    return any(flags)
+    elif failed:
+        err(f"distnn knn{tag}: stopped: rank(s) {', '.join(map(str, failed))} rejected the "
+            f"input")
+    return bool(failed)
 
 
 def run(plan: Plan, comm: Communicator, seed: int) -> tuple[list[str], int, float, int]:
