@@ -161,6 +161,10 @@ def from_dict(raw: dict) -> Config:
         raise ConfigError(f"train.grad_accum: {t.grad_accum} micro-batches of train.groups "
                           f"{t.groups} groups; expected grad_accum <= groups (each micro-batch "
                           f"is a run of whole groups)")
+    if t.invariant and cfg.comm.compress != "none":
+        raise ConfigError(f"comm.compress: {cfg.comm.compress} with train.invariant: true; "
+                          f"expected compress none (16-bit gradients with per-rank error "
+                          f"feedback are not the same on every number of ranks)")
     return cfg
 
 

@@ -131,6 +131,14 @@ class CommConfig:
     workers_min: int = 0  # ray: elastic down to this many (0: not elastic, always `workers`)
     replace_timeout: float = 60.0  # ray elastic: seconds to wait for a dead worker's replacement
     max_failures: int = 0  # ray: worker-group restarts from the last checkpoint (--max-failures)
+    # ray: how collectives move data. auto: POSIX shared memory when every worker is on one
+    # x86-64 node, else Ray's object store; object_store / shm: force one (shm needs one node).
+    transport: str = "auto"
+    # Gradients travel in buckets of about this many MB, in reverse layer order; with overlap,
+    # a bucket's allreduce starts as soon as backward has finished its layers.
+    bucket_mb: float = 1.0
+    overlap: bool = True
+    compress: str = "none"  # none | bf16 | fp16: gradients sent in 16 bits, error feedback
 
 
 @dataclass(frozen=True)
@@ -171,9 +179,12 @@ CHOICES = {
     "early_stopping.monitor": ("val_loss", "val_accuracy"),
     "early_stopping.mode": ("min", "max"),
     "comm.backend": ("auto", "local", "mpi", "ray"),
+    "comm.transport": ("auto", "object_store", "shm"),
+    "comm.compress": ("none", "bf16", "fp16"),
 }
 POSITIVE = {"train.epochs", "train.global_batch", "train.grad_accum", "schedule.reference_batch",
             "checkpoint.keep_best", "checkpoint.keep_last", "comm.workers", "train.groups",
+            "comm.bucket_mb",
             "train.divergence_factor", "log.warn_window", "log.trace_mb"}
 NON_NEGATIVE = {"seed", "data.val_size", "data.train_size", "data.folds", "data.fold", "train.l2",
                 "train.max_steps", "train.eval_every_steps", "train.consistency_every",
