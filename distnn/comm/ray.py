@@ -217,5 +217,10 @@ class RayCommunicator(Communicator):
             self._shm.close()
             self._shm = None
 
+    @property
+    def transport(self) -> str:
+        """"shm" or "object_store" once the first collective has decided; "auto" before."""
+        return self._transport
+
     def describe(self) -> str:
         return f"rank {self._rank} of {self._size} is pid {os.getpid()} on {socket.gethostname()}"
