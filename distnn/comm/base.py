@@ -24,6 +24,11 @@ import numpy as np
 from distnn import console
 
 OPS = ("sum", "max", "min")
+# Non-blocking collectives run on channels 1..CHANNELS: each an ordering domain of its own (the
+# blocking collectives are channel 0), so a bucket's allreduce in flight never meets a synced
+# BatchNorm's allreduce of the main thread, and two kinds of bucket operation (the exact sum's
+# max, then its sum) each keep their own order.
+CHANNELS = 2
 
 # Array kinds a reduction accepts (signed/unsigned int, float) and a broadcast accepts (plus bool
 # and complex): sum/max/min over bools or complex numbers is not a well-defined MPI operation.
@@ -106,6 +111,29 @@ class Communicator(abc.ABC):
         self._broadcast(buf, root)
         return buf
 
+    def iallreduce_(self, buf: np.ndarray, op: str = "sum", channel: int = 1) -> Request:
+        """Start reducing `buf` in place across ranks (like allreduce_) and return at once; the
+        result is in `buf` once the returned request's `wait()` has returned (or `test()` has
+        said True). `buf` must not be touched in between.
+
+        Collective: all ranks must start the same non-blocking collectives on a channel
+        (1..CHANNELS) in the same order; channels are independent of each other and of the
+        blocking collectives (which may run while these are in flight).
+        """
+        check_op(op)
+        check_array(buf, "iallreduce_", _REDUCE_KINDS)
+        if isinstance(channel, bool) or not isinstance(channel, int) or not (
+                1 <= channel <= CHANNELS):
+            raise ValueError(f"iallreduce_: channel must be an int in [1, {CHANNELS}], got "
+                             f"{channel!r}")
+        return self._iallreduce(buf, op, channel)
+
+    def _iallreduce(self, buf: np.ndarray, op: str, channel: int) -> Request:
+        """Default: the blocking collective, complete on return (no overlap). Backends that can
+        overlap override it."""
+        self._allreduce(buf, op)
+        return DONE
+
     def barrier(self) -> None:
         """Return only once every rank has called barrier().
 
@@ -171,6 +199,20 @@ class Communicator(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} rank={self.rank} size={self.size}>"
+
+
+class Request:
+    """A non-blocking collective in flight (Communicator.iallreduce_)."""
+
+    def test(self) -> bool:
+        """Advance the collective if the backend needs it; True once it is complete."""
+        return True
+
+    def wait(self) -> None:
+        """Return once the collective is complete (or end the job past the timeout)."""
+
+
+DONE = Request()  # a collective that completed before it was returned
 
 
 def wait_until(done: Callable[[], bool], check: Callable[[float], None]) -> None:

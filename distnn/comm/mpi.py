@@ -17,7 +17,7 @@ from typing import NoReturn
 import numpy as np
 from mpi4py import MPI
 
-from distnn.comm.base import Communicator, check_timeout, wait_until
+from distnn.comm.base import CHANNELS, Communicator, Request, check_timeout, wait_until
 from distnn.comm.failfast import drain_stdio, flush_and_exit
 
 _MPI_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
@@ -37,6 +37,15 @@ class MPICommunicator(Communicator):
         self._comm = MPI.COMM_WORLD
         self._rank = self._comm.Get_rank()
         self._size = self._comm.Get_size()
+        # The channels of the non-blocking collectives: duplicates of COMM_WORLD, made here
+        # (MPI_Comm_dup is collective) where every rank builds its communicator.
+        self._channels = [self._comm.Dup() for _ in range(CHANNELS)]
+
+    def _iallreduce(self, buf: np.ndarray, op: str, channel: int) -> Request:
+        """MPI_Iallreduce on the channel's communicator. MPICH advances it only inside MPI
+        calls: the caller's test() between layers and wait() at the end do that."""
+        request = self._channels[channel - 1].Iallreduce(MPI.IN_PLACE, buf, _MPI_OPS[op])
+        return _MPIRequest(request, self._timeout_check("iallreduce_", buf))
 
     def _allreduce(self, buf: np.ndarray, op: str) -> None:
         if self.timeout is None:
@@ -68,3 +77,16 @@ class MPICommunicator(Communicator):
         drain_stdio()  # else the launcher may kill us before forwarding this message
         MPI.COMM_WORLD.Abort(code)
         flush_and_exit(code)  # not reached: Abort does not return
+
+
+class _MPIRequest(Request):
+    def __init__(self, request: MPI.Request, check):
+        self._request, self._check, self._done = request, check, False
+
+    def test(self) -> bool:
+        if not self._done:
+            self._done = bool(self._request.Test())
+        return self._done
+
+    def wait(self) -> None:
+        wait_until(self.test, self._check)

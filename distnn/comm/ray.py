@@ -34,12 +34,13 @@ import os
 import platform
 import socket
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NoReturn
 
 import numpy as np
 import ray
 
-from distnn.comm.base import Communicator, check_timeout
+from distnn.comm.base import Communicator, Request, check_timeout
 from distnn.comm.failfast import flush_and_exit
 from distnn.comm.shm import SharedMemoryTransport
 
@@ -73,7 +74,7 @@ class RayCommunicator(Communicator):
     name = "ray"
 
     def __init__(self, rank: int, size: int, group: Any, timeout: float | None = None,
-                 namespace: str | None = None, transport: str = "auto"):
+                 namespace: str | None = None, transport: str = "auto", channel: int = 0):
         if not (isinstance(size, int) and size >= 1 and isinstance(rank, int)
                 and 0 <= rank < size):
             raise ValueError(f"need 0 <= rank < size, got rank={rank!r} size={size!r}")
@@ -83,12 +84,18 @@ class RayCommunicator(Communicator):
         self.timeout = check_timeout(timeout)
         self._rank, self._size = rank, size
         self._transport = transport  # "auto": decided at the first collective
+        self._requested = transport
         self._shm: SharedMemoryTransport | None = None
         # An actor handle: its methods exist only at run time, so it is typed Any.
         self._rdv: Any = (ray.get_actor(group, namespace=namespace) if isinstance(group, str)
                           else group)
         self._seq = 0
         self._keep: list[Any] = []  # refs of the previous collective, kept until the next one
+        # channel 0: the blocking collectives; channel c > 0 (iallreduce_): a communicator of
+        # its own on the same rendezvous (its own sequence numbers and shared memory), driven
+        # by one thread, so its collectives run while the main thread computes.
+        self._channel = channel
+        self._side: dict[int, tuple[RayCommunicator, ThreadPoolExecutor]] = {}
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -104,7 +111,8 @@ class RayCommunicator(Communicator):
         """Allgather of a small item over ranks (one rendezvous round trip). Collective: all
         ranks must call."""
         self._seq += 1
-        return self._get(self._rdv.exchange.remote(self._seq, self._rank, item), what, buf)
+        key = (self._channel, self._seq) if self._channel else self._seq
+        return self._get(self._rdv.exchange.remote(key, self._rank, item), what, buf)
 
     # -- collectives ------------------------------------------------------------------------
 
@@ -176,6 +184,8 @@ class RayCommunicator(Communicator):
             return None
         if self._shm is None:
             gid = self._get(self._rdv.group_id.remote(), what, buf)
+            if self._channel:  # segment names stay under the group's prefix (release_segments)
+                gid = f"{gid}_c{self._channel}"
             shm = SharedMemoryTransport(self._rank, self._size, gid, SMALL_BYTES)
             here = (ray.get_runtime_context().get_node_id(),
                     platform.machine().lower() in ("x86_64", "amd64"))
@@ -190,6 +200,17 @@ class RayCommunicator(Communicator):
             shm.attach_controls()  # every rank created its control block before the exchange
             self._shm, self._transport = shm, "shm"
         return self._shm
+
+    def _iallreduce(self, buf: np.ndarray, op: str, channel: int) -> Request:
+        """The channel's thread runs the blocking allreduce on the channel's communicator; the
+        collectives of a channel run one after the other, in the order they were started."""
+        if channel not in self._side:
+            side = RayCommunicator(self._rank, self._size, self._rdv, self.timeout,
+                                   transport=self._requested, channel=channel)
+            pool = ThreadPoolExecutor(1, thread_name_prefix=f"distnn-comm{channel}")
+            self._side[channel] = (side, pool)
+        side, pool = self._side[channel]
+        return _FutureRequest(pool.submit(side._allreduce, buf, op))
 
     def _barrier(self) -> None:
         if self._size == 1:
@@ -213,6 +234,10 @@ class RayCommunicator(Communicator):
     def close(self) -> None:
         """Release this rank's shared memory (not collective; the communicator is unusable
         afterwards)."""
+        for side, pool in self._side.values():
+            pool.shutdown(wait=True)
+            side.close()
+        self._side = {}
         if self._shm is not None:
             self._shm.close()
             self._shm = None
@@ -224,3 +249,20 @@ class RayCommunicator(Communicator):
 
     def describe(self) -> str:
         return f"rank {self._rank} of {self._size} is pid {os.getpid()} on {socket.gethostname()}"
+
+
+class _FutureRequest(Request):
+    """A collective running on a channel's thread. Its own communicator enforces the timeout
+    (it ends the job), so waiting here needs none; an error raised there is raised here."""
+
+    def __init__(self, future: Future):
+        self._future = future
+
+    def test(self) -> bool:
+        if self._future.done():
+            self._future.result()  # raises the thread's exception, if any
+            return True
+        return False
+
+    def wait(self) -> None:
+        self._future.result()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Hashable
 from typing import Any
 
 import ray
@@ -28,13 +28,15 @@ class Rendezvous:
 
     def __init__(self, size: int):
         self.size = size
-        self.slots: dict[int, dict] = {}  # seq -> {"items": [...], "n": got, "left": to read}
-        self.events: dict[int, asyncio.Event] = {}
+        # seq (an int, or (channel, int) for a non-blocking channel) -> {"items": [...],
+        # "n": got, "left": to read}
+        self.slots: dict[Hashable, dict] = {}
+        self.events: dict[Hashable, asyncio.Event] = {}
         self.aborted: tuple[int, str, int] | None = None
         self.workers: list[Any] = []  # actor handles
         self.gid = uuid.uuid4().hex[:12]  # names this group's shared-memory segments
 
-    async def exchange(self, seq: int, rank: int, item: Any) -> list[Any]:
+    async def exchange(self, seq: Hashable, rank: int, item: Any) -> list[Any]:
         """Every rank's `item` for collective `seq`, once all ranks have sent theirs. Collective:
         every rank of the group calls it once per `seq`."""
         slot = self.slots.setdefault(seq, {"items": [None] * self.size, "n": 0,

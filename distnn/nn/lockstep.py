@@ -77,12 +77,17 @@ class Lockstep:
             rep.layers[i].g[name] = grads[off:off + int(np.prod(shape))].reshape(shape)
 
     def run(self, groups: Sequence[Group], count: int, denom: int, step: int, seed: int,
-            reduce: Reduce, loss: str) -> list[tuple[float, int]]:
+            reduce: Reduce, loss: str, l2: float = 0.0,
+            before_backward: Callable[[list[tuple[float, int]]], None] | None = None,
+            ) -> list[tuple[float, int]]:
         """Forward and backward of every group, training mode. `count`: samples of the batch
         (all groups, all ranks) a synced BatchNorm normalises over (one that does not sync: this
         rank's groups); `denom`: what divides the summed loss of kind `loss` (a key of LOSSES).
-        Returns each group's (loss sum / denom, correct). Collective when a BatchNorm layer
-        syncs (see `reduce`). `step` and `seed` key the dropout masks."""
+        Returns each group's (loss sum / denom, correct), also handed to `before_backward`
+        before the backward pass. Each group's decayed weights get l2 * W added to their
+        gradients once their layer is done, then the model's `after_layer` hook is called.
+        Collective when a BatchNorm layer syncs (see `reduce`). `step` and `seed` key the
+        dropout masks."""
         fn = LOSSES[loss]
         local = sum(len(grp.y) for grp in groups)
         reps = [self._replica(j) for j in range(len(groups))]
@@ -105,6 +110,8 @@ class Lockstep:
                 value, dscores = fn(x, grp.y, denom=denom)
                 results.append((value, int(np.count_nonzero(x.argmax(axis=1) == grp.y))))
                 douts.append(dscores)
+        if before_backward is not None:
+            before_backward(results)
         with self.model.spans.span("backward"):
             for i in range(len(self.model.layers) - 1, self.model.backward_stop - 1, -1):
                 layer = self.model.layers[i]
@@ -115,6 +122,12 @@ class Lockstep:
                 else:  # the first layer visited returns None: the loop ends there
                     douts = [cast(np.ndarray, lay.backward(d))
                              for lay, d in zip(mine, douts, strict=True)]
+                if l2:
+                    for lay in mine:
+                        for name in layer.decayed():
+                            lay.g[name] += l2 * layer.p[name]
+                if self.model.after_layer is not None:
+                    self.model.after_layer(i)
         return results
 
 

@@ -152,6 +152,9 @@ class Sequential:
         self.train_offset = 0  # params[:train_offset] belong to the frozen prefix
         self.seed = seed
         self.spans: NoSpans = NO_SPANS
+        # Called with i once backward has finished layers[i] (its gradients are final): a
+        # data-parallel step starts the allreduce of the gradients that are ready.
+        self.after_layer: Callable[[int], None] | None = None
         rng = np.random.default_rng(seed)
         for layer in self.layers:
             layer.init_params(rng)
@@ -174,6 +177,8 @@ class Sequential:
         self.decay_mask = np.zeros(ptotal, self.dtype)
         self._named: dict[str, np.ndarray] = {}
         self._decayed: list[tuple[np.ndarray, np.ndarray]] = []
+        self.decayed_of: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in self.layers]
+        index = {id(layer): i for i, layer in enumerate(self.layers)}
         for layer, name, shape, off in pslots:
             size = int(np.prod(shape))
             layer.p[name] = self.params[off:off + size].reshape(shape)
@@ -182,6 +187,7 @@ class Sequential:
             if name in layer.decayed():
                 self.decay_mask[off:off + size] = 1
                 self._decayed.append((layer.p[name], layer.g[name]))
+                self.decayed_of[index[id(layer)]].append(self._decayed[-1])
         for layer, name, shape, off in sslots:
             layer.s[name] = self.state[off:off + int(np.prod(shape))].reshape(shape)
             self._named[f"{layer.name}.{name}"] = layer.s[name]
@@ -199,19 +205,31 @@ class Sequential:
         # only such layers would hand back the caller's own array.
         return x.copy() if np.may_share_memory(x, given) else x
 
-    def backward(self, dout: np.ndarray, overwrite: bool = False) -> np.ndarray | None:
+    def backward(self, dout: np.ndarray, overwrite: bool = False,
+                 l2: float = 0.0) -> np.ndarray | None:
         """Back-propagate d(loss)/d(scores) after a forward pass; overwrites model.grads (those
-        of the trained layers: the frozen prefix is not visited, see freeze). Returns
-        d(loss)/d(inputs) for a model built with input_grad=True (and nothing frozen), else
-        None. `dout` is left as it was (layers work in place on what they are given: a ReLU
-        masks it) unless `overwrite` says the caller does not need it any more (saves a copy).
+        of the trained layers: the frozen prefix is not visited, see freeze), adding l2 * W to
+        the gradient of each decayed weight as soon as its layer is done (then `after_layer`).
+        Returns d(loss)/d(inputs) for a model built with input_grad=True (and nothing frozen),
+        else None. `dout` is left as it was (layers work in place on what they are given: a
+        ReLU masks it) unless `overwrite` says the caller does not need it any more.
         """
         if not overwrite:
             dout = dout.copy()
-        for layer in reversed(self.layers[self.backward_stop:]):
+        for i in range(len(self.layers) - 1, self.backward_stop - 1, -1):
             # Only the first layer visited returns None (it computes no input gradient).
-            dout = cast(np.ndarray, layer.backward(dout))
+            dout = cast(np.ndarray, self.layers[i].backward(dout))
+            self.layer_done(i, l2)
         return dout
+
+    def layer_done(self, i: int, l2: float = 0.0) -> None:
+        """Layer i's gradients are complete: add l2 * W to its decayed weights' gradients, then
+        tell `after_layer`."""
+        if l2:
+            for w, g in self.decayed_of[i]:
+                g += l2 * w
+        if self.after_layer is not None:
+            self.after_layer(i)
 
     # -- transfer: frozen layers, per-layer learning rates -------------------------------------
     def freeze(self, names: Sequence[str]) -> None:
@@ -258,12 +276,14 @@ class Sequential:
         return None if bool(np.all(scale == 1)) else scale.copy()
 
     def forward_backward(self, x: np.ndarray, y: np.ndarray, loss: str = "softmax",
-                         l2: float = 0.0, denom: int | None = None) -> tuple[float, np.ndarray]:
+                         l2: float = 0.0, denom: int | None = None,
+                         before_backward: Callable[[float, np.ndarray], None] | None = None,
+                         ) -> tuple[float, np.ndarray]:
         """One training pass: returns (data loss + L2 penalty, scores). Gradients in model.grads.
 
         `denom` divides summed losses (default N); with L2, each call adds the full penalty
         scaled by N/denom so that summing the calls of workers sharing one global batch adds it
-        exactly once.
+        exactly once. `before_backward(value, scores)` sees the result before the backward pass.
         """
         fn = LOSSES.get(loss)
         if fn is None:
@@ -271,20 +291,26 @@ class Sequential:
         with self.spans.span("forward"):
             scores = self.forward(x, training=True)
             value, dscores = fn(scores, y, denom=denom)
-        with self.spans.span("backward"):
-            self.backward(dscores, overwrite=True)  # the loss's own array
+        coef = 0.0
         if l2:
             share = x.shape[0] / (denom or x.shape[0])
-            value += l2 * share * self.add_l2_(l2 * share)
+            coef = l2 * share
+            value += coef * self.l2_penalty()
+        if before_backward is not None:
+            before_backward(value, scores)
+        with self.spans.span("backward"):
+            self.backward(dscores, overwrite=True, l2=coef)  # the loss's own array
         return value, scores
+
+    def l2_penalty(self) -> float:
+        """0.5 * sum(W^2) over the decayed weights."""
+        return sum((0.5 * float(np.vdot(w, w)) for w, _ in self._decayed), 0.0)
 
     def add_l2_(self, coef: float) -> float:
         """Add coef * W to the gradient of every decayed weight; return 0.5 * sum(W^2)."""
-        total = 0.0
         for w, g in self._decayed:
-            total += 0.5 * float(np.vdot(w, w))
             g += coef * w
-        return total
+        return self.l2_penalty()
 
     def reseed(self, *key: int) -> None:
         """Give every stochastic layer (dropout) a generator keyed by `key`, e.g. (seed, step,

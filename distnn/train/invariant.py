@@ -16,7 +16,9 @@ import numpy as np
 
 from distnn.data import group_plan, micro_counts
 from distnn.nn.lockstep import Group, Lockstep
+from distnn.train import buckets
 from distnn.train.exact import ExactSum, gather_sum
+from distnn.train.exact_overlap import ExactOverlap
 from distnn.train.step import DataParallelStep, StepResult, sum_of_squares
 
 
@@ -26,7 +28,7 @@ class InvariantStep(DataParallelStep):
 
     def __init__(self, model, optimizer, comm, loss: str = "softmax", l2: float = 0.0,
                  grad_accum: int = 1, clip_grad_norm: float = 0.0, groups: int = 16,
-                 seed: int = 0):
+                 seed: int = 0, bucket_mb: float | None = None):
         super().__init__(model, optimizer, comm, loss, l2, 1, clip_grad_norm, seed)
         self.accum, self.groups = grad_accum, groups
         self.lockstep = Lockstep(model)  # with or without BatchNorm: one group, one replica
@@ -35,6 +37,13 @@ class InvariantStep(DataParallelStep):
         self.sum = ExactSum(model.grads.size - model.train_offset, groups, comm,
                             extra=3 * groups + 1, dtype=model.dtype)
         self.rows = np.zeros((0, model.grads.size), model.dtype)
+        self.exact_overlap: ExactOverlap | None = None
+        if bucket_mb is not None:  # the sum bucket by bucket, during the backward pass
+            # Sizes in bytes sent: the sum travels in float64.
+            cuts = buckets.plan(model, self.sum.extra.size, bucket_mb * 1e6,
+                                self.sum.buffer.itemsize)
+            self.exact_overlap = ExactOverlap(self.sum, cuts)
+            model.after_layer = self.exact_overlap.layer_done
 
     def _rows(self, k: int) -> np.ndarray:
         if self.rows.shape[0] < k:
@@ -54,11 +63,14 @@ class InvariantStep(DataParallelStep):
         rows = self._rows(len(mine))
         extra = self.sum.extra
         extra[...] = 0.0
+        extra[-1] = 1.0 if stop_requested else 0.0
         if indices is None:
             indices = np.arange(len(y))
+        counts = micro_counts(global_count, self.groups, self.accum)
+        last = max(i for i, c in enumerate(counts) if c > 0)
+        off = self.model.train_offset
         pos, k = 0, 0
-        for micro, count in zip(plan, micro_counts(global_count, self.groups, self.accum),
-                                strict=True):
+        for m, (micro, count) in enumerate(zip(plan, counts, strict=True)):
             if count == 0:
                 continue
             groups: list[Group] = []
@@ -71,16 +83,21 @@ class InvariantStep(DataParallelStep):
             def reduce(table, sync, first=first):
                 return gather_sum(table, first, self.groups, comm if sync else None)
 
+            def fill(results, micro=micro):  # before the backward pass starts any bucket
+                for (gid, a, b), (value, correct) in zip(micro, results, strict=True):
+                    extra[3 * gid:3 * gid + 3] = (value, correct, b - a)
+
+            if m == last and self.exact_overlap is not None:
+                self.exact_overlap.arm(rows[:, off:])
             assert self.lockstep is not None  # set in __init__
-            results = self.lockstep.run(groups, count, global_count, step, self.seed, reduce,
-                                        self.loss)
-            for (gid, a, b), (value, correct) in zip(micro, results, strict=True):
-                extra[3 * gid:3 * gid + 3] = (value, correct, b - a)
+            self.lockstep.run(groups, count, global_count, step, self.seed, reduce, self.loss,
+                              before_backward=fill)
             k += len(groups)
-        extra[-1] = 1.0 if stop_requested else 0.0
         with self.model.spans.span("allreduce"):
-            off = self.model.train_offset
-            self.sum(rows[:, off:], self.model.grads[off:])
+            if self.exact_overlap is not None:
+                self.exact_overlap.finish(self.model.grads[off:])
+            else:
+                self.sum(rows[:, off:], self.model.grads[off:])
         per_group = extra[:-1].reshape(self.groups, 3)
         loss_sum, right, total = 0.0, 0.0, 0.0
         for value, good, n in per_group:  # group order: the same sum on every rank

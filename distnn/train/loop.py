@@ -47,13 +47,15 @@ class Coordinator:
         self.state.early.min_delta = es.min_delta
         self.best_params: tuple[np.ndarray, np.ndarray] | None = None
         t = cfg.train
+        bucket_mb = cfg.comm.bucket_mb if cfg.comm.overlap else None
         if t.invariant:
             self.step_fn: DataParallelStep = InvariantStep(
                 self.model, self.optimizer, comm, t.loss, t.l2, t.grad_accum, t.clip_grad_norm,
-                t.groups, cfg.seed)
+                t.groups, cfg.seed, bucket_mb)
         else:
             self.step_fn = DataParallelStep(self.model, self.optimizer, comm, t.loss, t.l2,
-                                            t.grad_accum, t.clip_grad_norm, cfg.seed)
+                                            t.grad_accum, t.clip_grad_norm, cfg.seed,
+                                            bucket_mb)
         self.is_root = comm.rank == 0
         self.last_update_ratio = self.last_grad_norm = float("nan")
         self._before = np.empty_like(self.model.params)  # for the update ratio, reused

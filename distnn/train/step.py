@@ -15,12 +15,18 @@ from distnn.data import micro_shares, split_bounds
 from distnn.nn.jit import njit
 from distnn.nn.lockstep import Group, Lockstep
 from distnn.nn.regularize import BatchNorm, Dropout, sample_keys
+from distnn.train.buckets import Overlap, plan
 from distnn.train.errors import ReplicaMismatch
 from distnn.train.exact import gather_sum
 
 # Scalars reduced in the same allreduce as the gradients (trailing slots of model.grad_buffer).
 LOSS, CORRECT, COUNT, STOP = range(4)
 EXTRA_SLOTS = 4
+
+
+def _right(scores: np.ndarray, y: np.ndarray) -> int:
+    """How many rows of `scores` have their largest score at the label."""
+    return int(np.count_nonzero(scores.argmax(axis=1) == y))
 
 
 @dataclass
@@ -57,10 +63,13 @@ class DataParallelStep:
     A model with BatchNorm runs through nn/lockstep.py, so that a synced BatchNorm normalises
     with the statistics of the whole global (micro-)batch. Dropout masks are keyed by (`seed`,
     layer, step, dataset index): a sample's mask is the same on any rank (InvariantStep adds
-    bitwise world-size invariance)."""
+    bitwise world-size invariance).
+    `bucket_mb`: overlap the allreduce with the backward pass, in buckets of about that many
+    MB (train/buckets.py), with the same result to the bit; None: one allreduce after it."""
 
     def __init__(self, model, optimizer, comm, loss: str = "softmax", l2: float = 0.0,
-                 grad_accum: int = 1, clip_grad_norm: float = 0.0, seed: int = 0):
+                 grad_accum: int = 1, clip_grad_norm: float = 0.0, seed: int = 0,
+                 bucket_mb: float | None = None):
         self.model, self.optimizer, self.comm = model, optimizer, comm
         self.loss, self.l2, self.grad_accum = loss, l2, grad_accum
         self.clip_grad_norm, self.seed = clip_grad_norm, seed
@@ -70,6 +79,41 @@ class DataParallelStep:
         self.lockstep: Lockstep | None = Lockstep(model) if has_norm else None
         self.dropouts = [(i, layer) for i, layer in enumerate(model.layers)
                          if isinstance(layer, Dropout)]
+        self.stop_requested, self.filled = False, False
+        self.overlap: Overlap | None = None
+        if bucket_mb is not None:
+            self._overlap_with(bucket_mb)
+
+    def _overlap_with(self, bucket_mb: float) -> None:
+        model = self.model
+        region = model.grad_buffer[model.train_offset:]
+        buckets = plan(model, EXTRA_SLOTS, bucket_mb * 1e6, model.dtype.itemsize)
+        self.overlap = Overlap(self.comm, region, buckets)
+        model.after_layer = self.overlap.layer_done
+
+    def _arm(self, loss_sum: float, correct: int, n: int):
+        """For the last micro-batch under overlap: the hook that fills the scalar slots once
+        the loss is known (before the backward pass, which starts the buckets)."""
+        if self.overlap is None:
+            return None
+        self.overlap.arm(None if self.acc is None else self._add_earlier)
+
+        def fill(value: float, right: int) -> None:
+            self._fill(loss_sum + value, correct + right, n)
+        return fill
+
+    def _fill(self, loss_sum: float, correct: int, n: int) -> None:
+        self.extra[:] = (loss_sum, correct, n, 1.0 if self.stop_requested else 0.0)
+        self.filled = True
+
+    def _add_earlier(self, lo: int, hi: int) -> None:
+        """Add the earlier micro-batches' gradients to elements [lo, hi) of the region (its
+        gradient part), just before they are sent: acc + g, as the step without overlap."""
+        off, size = self.model.train_offset, self.model.grads.size
+        lo, hi = off + lo, min(off + hi, size)
+        if hi > lo:
+            assert self.acc is not None
+            self.model.grads[lo:hi] += self.acc[lo:hi]
 
     def _local_gradients(self, x, y, global_count: int, step: int = 0,
                          indices=None) -> tuple[float, int]:
@@ -87,13 +131,19 @@ class DataParallelStep:
             sl = slice(*split_bounds(n, parts, i))
             for index, layer in self.dropouts:
                 layer.keys = sample_keys(self.seed, index, step, indices[sl])
-            value, scores = model.forward_backward(x[sl], y[sl], self.loss, self.l2, global_count)
+            last = i == parts - 1
+            fill = self._arm(loss_sum, correct, n) if last else None
+            hook = None if fill is None else (
+                lambda value, scores, fill=fill, y=y[sl]: fill(value, _right(scores, y)))
+            value, scores = model.forward_backward(x[sl], y[sl], self.loss, self.l2, global_count,
+                                                   hook)
             loss_sum += value
-            correct += int(np.count_nonzero(scores.argmax(axis=1) == y[sl]))
-            self._accumulate(i)
+            correct += _right(scores, y[sl])
+            if not (last and self.overlap is not None):  # else added bucket by bucket
+                self._accumulate(i)
         for _, layer in self.dropouts:  # the model's own forward draws from its generator again
             layer.keys = None
-        if self.acc is not None:
+        if self.acc is not None and self.overlap is None:
             model.grads[...] = self.acc
         return loss_sum, correct
 
@@ -131,17 +181,29 @@ class DataParallelStep:
             groups = [Group(x[a:b], y[a:b], indices[a:b], model.grads)] if b > a else []
             if not groups:
                 model.grads[...] = 0.0
-            for value, right in lockstep.run(groups, count, global_count, step, self.seed,
-                                             reduce, self.loss):
-                if self.l2:
-                    share = (b - a) / global_count
-                    value += self.l2 * share * model.add_l2_(self.l2 * share)
-                loss_sum += value
-                correct += right
-            self._accumulate(i)
+            coef = self.l2 * (b - a) / global_count if self.l2 else 0.0
+            last = i == parts - 1
+            fill = self._arm(loss_sum, correct, len(y)) if last else None
+            hook = None if fill is None else (
+                lambda results, fill=fill, coef=coef: fill(*self._sums(results, coef)))
+            added, right = self._sums(lockstep.run(groups, count, global_count, step, self.seed,
+                                                   reduce, self.loss, coef, hook), coef)
+            loss_sum, correct = loss_sum + added, correct + right
+            if not (last and self.overlap is not None):  # else added bucket by bucket
+                self._accumulate(i)
             a = b
-        if self.acc is not None:
+        if self.acc is not None and self.overlap is None:
             model.grads[...] = self.acc
+        return loss_sum, correct
+
+    def _sums(self, results: list[tuple[float, int]], coef: float) -> tuple[float, int]:
+        """A micro-batch's loss (plus its share of the L2 penalty per group) and correct."""
+        loss_sum, correct = 0.0, 0
+        for value, right in results:
+            if coef:
+                value += coef * self.model.l2_penalty()
+            loss_sum += value
+            correct += right
         return loss_sum, correct
 
     def __call__(self, x, y, global_count: int, lr: float, stop_requested: bool,
@@ -151,10 +213,15 @@ class DataParallelStep:
         0..len(x)-1).
         apply=False: stop after the allreduce, leaving the parameters untouched; the caller
         checks the result and then calls `apply_update(lr)` (or drops the step)."""
+        self.stop_requested, self.filled = stop_requested, False
         loss_sum, correct = self._local_gradients(x, y, global_count, step, indices)
-        self.extra[:] = (loss_sum, correct, len(y), 1.0 if stop_requested else 0.0)
+        if not self.filled:  # no overlap, or no backward pass here (no samples on this rank)
+            self._fill(loss_sum, correct, len(y))
         with self.model.spans.span("allreduce"):  # a frozen prefix has no place in it
-            self.comm.allreduce_(self.model.grad_buffer[self.model.train_offset:])
+            if self.overlap is not None:
+                self.overlap.finish()
+            else:
+                self.comm.allreduce_(self.model.grad_buffer[self.model.train_offset:])
         result = StepResult(float(self.extra[LOSS]), int(round(float(self.extra[CORRECT]))),
                             int(round(float(self.extra[COUNT]))), bool(self.extra[STOP] > 0))
         if apply and np.isfinite(result.loss):

@@ -114,6 +114,33 @@ def check_barrier(comm):
         assert comm.barrier() is None
 
 
+def check_iallreduce(comm):
+    # Two channels in flight at once, blocking collectives in between: each gives its own sum.
+    total = sum(r + 1 for r in range(comm.size))
+    big = np.full(300_001, comm.rank + 1, dtype=np.float32)
+    small = np.array([comm.rank, -comm.rank], dtype=np.int64)
+    first = comm.iallreduce_(big)
+    second = comm.iallreduce_(small, op="max", channel=2)
+    again = np.full(1000, comm.rank + 1.0)
+    third = comm.iallreduce_(again)  # channel 1 again: after `first`, in order
+    meanwhile = np.array([comm.rank + 1.0])
+    comm.allreduce_(meanwhile)
+    assert comm.bcast_obj("x" if comm.rank == 0 else None) == "x"
+    first.test()
+    for request in (third, second, first):
+        request.wait()
+        assert request.test()
+    assert meanwhile[0] == total
+    assert np.all(big == total) and np.all(again == total)
+    np.testing.assert_array_equal(small, [comm.size - 1, 0])
+    for bad, message in ((0, "channel must be an int in"), (3, "channel must be an int in"),
+                         (True, "channel must be an int in")):
+        with pytest.raises(ValueError, match=message):
+            comm.iallreduce_(np.zeros(3), channel=bad)
+    with pytest.raises(ValueError, match="valid ops: sum, max, min"):
+        comm.iallreduce_(np.zeros(3), op="mean")
+
+
 def check_bad_input_same_on_every_backend(comm):
     # Errors are raised before any communication, so every rank raises and nothing hangs.
     with pytest.raises(ValueError, match="valid ops: sum, max, min"):
@@ -141,4 +168,4 @@ def check_bad_input_same_on_every_backend(comm):
 CHECKS = [check_identity, check_allreduce_sum, check_allreduce_large_float32,
           check_allreduce_max_min, check_allreduce_view_in_place, check_broadcast,
           check_broadcast_empty, check_allreduce_obj, check_bcast_obj, check_barrier,
-          check_bad_input_same_on_every_backend]
+          check_iallreduce, check_bad_input_same_on_every_backend]
