@@ -103,6 +103,8 @@ def test_long_values_are_cut_to_one_short_line():
     ("train.epochs=[", r"--set 'train.epochs=\[': line 1, column 2: invalid YAML"),
     ("schedule.base_lr=inf", r"schedule.base_lr: inf is not a finite number"),
     ("schedule.base_lr=nan", r"schedule.base_lr: nan is not a finite number"),
+    ("comm.bucket_mb=0", r"comm.bucket_mb: 0.0 must be > 0"),
+    ("comm.compress=int8", r"comm.compress: 'int8' is not one of none, bf16, fp16"),
 ])
 def test_bad_set_values(override, expected):
     assert re.search(expected, bad_input(["train", "--set", override]))

@@ -45,6 +45,14 @@ def test_overrides_are_validated_like_yaml():
     ({"comm": {"backend": "gloo"}}, "comm.backend: 'gloo' is not one of"),
     ({"comm": {"workers": 0}}, "comm.workers: 0 must be > 0"),
     ({"comm": {"max_failures": -1}}, "comm.max_failures: -1 must be >= 0"),
+    ({"comm": {"bucket_mb": 0}}, "comm.bucket_mb: 0.0 must be > 0"),
+    ({"comm": {"bucket_mb": -2}}, "comm.bucket_mb: -2.0 must be > 0"),
+    ({"comm": {"compress": "int8"}}, "comm.compress: 'int8' is not one of none, bf16, fp16"),
+    ({"comm": {"transport": "nccl"}},
+     "comm.transport: 'nccl' is not one of auto, object_store, shm"),
+    ({"comm": {"overlap": "yes"}}, "comm.overlap: 'yes' is not a boolean"),
+    ({"comm": {"compress": "bf16"}, "train": {"invariant": True}},
+     "comm.compress: bf16 with train.invariant: true; expected compress none"),
 ])
 def test_bad_values_name_the_key(raw, match):
     with pytest.raises(ConfigError, match=match):

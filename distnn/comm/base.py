@@ -30,6 +30,19 @@ OPS = ("sum", "max", "min")
 # max, then its sum) each keep their own order.
 CHANNELS = 2
 
+# combine(parts, out): out = the combination of `parts` (every rank's values of one chunk, in
+# rank order), elementwise, so that any chunking gives the same result (allreduce_coded_).
+Combine = Callable[[list[np.ndarray], np.ndarray], None]
+
+
+def ufunc_combine(reduce: np.ufunc) -> Combine:
+    """The Combine of a reduction ufunc: out = parts[0] reduce parts[1] reduce ..., in order."""
+    def combine(parts: list[np.ndarray], out: np.ndarray) -> None:
+        out[...] = parts[0]
+        for part in parts[1:]:
+            reduce(out, part, out=out)
+    return combine
+
 # Array kinds a reduction accepts (signed/unsigned int, float) and a broadcast accepts (plus bool
 # and complex): sum/max/min over bools or complex numbers is not a well-defined MPI operation.
 _REDUCE_KINDS = "iuf"
@@ -132,6 +145,35 @@ class Communicator(abc.ABC):
         """Default: the blocking collective, complete on return (no overlap). Backends that can
         overlap override it."""
         self._allreduce(buf, op)
+        return DONE
+
+    def allreduce_coded_(self, codes: np.ndarray, combine: Combine) -> np.ndarray:
+        """Replace `codes` (e.g. the uint16 codes of 16-bit floats) on every rank by
+        combine(every rank's codes, in rank order), chunk by chunk: each chunk is combined once,
+        by one rank, and read by all (reduce-scatter + allgather), so every rank gets the same
+        bits while moving about twice the codes' bytes. Returns `codes`.
+
+        Collective: all ranks must call, with the same shape, dtype and combine."""
+        check_array(codes, "allreduce_coded_", _REDUCE_KINDS)
+        self._allreduce_coded(codes.reshape(-1, order="A"), combine)
+        return codes
+
+    def _allreduce_coded(self, flat: np.ndarray, combine: Combine) -> None:
+        """Default, for one rank: combine its own codes."""
+        assert self._size == 1, f"{type(self).__name__} needs its own _allreduce_coded"
+        combine([flat.copy()], flat)
+
+    def iallreduce_coded_(self, codes: np.ndarray, combine: Combine) -> Request:
+        """allreduce_coded_, started and returned at once (see iallreduce_). It takes both
+        channels: collectives started on them in between must be started by every rank in the
+        same order relative to it, and a request must be tested or waited after the ones
+        started before it (a request with two steps starts its second when tested).
+        Collective."""
+        check_array(codes, "iallreduce_coded_", _REDUCE_KINDS)
+        return self._iallreduce_coded(codes.reshape(-1, order="A"), combine)
+
+    def _iallreduce_coded(self, flat: np.ndarray, combine: Combine) -> Request:
+        self._allreduce_coded(flat, combine)
         return DONE
 
     def barrier(self) -> None:

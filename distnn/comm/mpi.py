@@ -17,7 +17,14 @@ from typing import NoReturn
 import numpy as np
 from mpi4py import MPI
 
-from distnn.comm.base import CHANNELS, Communicator, Request, check_timeout, wait_until
+from distnn.comm.base import (
+    CHANNELS,
+    Combine,
+    Communicator,
+    Request,
+    check_timeout,
+    wait_until,
+)
 from distnn.comm.failfast import drain_stdio, flush_and_exit
 
 _MPI_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
@@ -54,6 +61,15 @@ class MPICommunicator(Communicator):
             request = self._comm.Iallreduce(MPI.IN_PLACE, buf, _MPI_OPS[op])
             self._wait(request, "allreduce_", buf)
 
+    def _allreduce_coded(self, flat: np.ndarray, combine: Combine) -> None:
+        _CodedRequest(self._comm, self._comm, self._size, flat, combine,
+                      self._timeout_check("allreduce_coded_", flat)).wait()
+
+    def _iallreduce_coded(self, flat: np.ndarray, combine: Combine) -> Request:
+        """MPI_Ialltoall on channel 1, then (once tested complete) MPI_Iallgather on channel 2."""
+        return _CodedRequest(self._channels[0], self._channels[1], self._size, flat, combine,
+                             self._timeout_check("iallreduce_coded_", flat))
+
     def _broadcast(self, buf: np.ndarray, root: int) -> None:
         if self.timeout is None:
             self._comm.Bcast(buf, root)
@@ -87,6 +103,38 @@ class _MPIRequest(Request):
         if not self._done:
             self._done = bool(self._request.Test())
         return self._done
+
+    def wait(self) -> None:
+        wait_until(self.test, self._check)
+
+
+class _CodedRequest(Request):
+    """allreduce_coded_ as two non-blocking steps: an alltoall gives this rank chunk `rank` of
+    every rank's codes (padded to equal chunks), it combines them, an allgather gives every
+    rank every combined chunk. test() starts the second step once the first is complete."""
+
+    def __init__(self, first: MPI.Intracomm, second: MPI.Intracomm, size: int,
+                 flat: np.ndarray, combine: Combine, check):
+        self._second, self._flat, self._combine, self._check = second, flat, combine, check
+        self._per = -(-flat.size // size)
+        self._send = np.zeros(self._per * size, flat.dtype)
+        self._send[:flat.size] = flat
+        self._recv = np.empty_like(self._send)
+        self._mine = np.empty(self._per, flat.dtype)
+        self._request = first.Ialltoall(self._send, self._recv)
+        self._phase = 0
+
+    def test(self) -> bool:
+        if self._phase == 0 and self._request.Test():
+            per = self._per
+            parts = [self._recv[j * per:(j + 1) * per] for j in range(len(self._recv) // per)]
+            self._combine(parts, self._mine)
+            self._request = self._second.Iallgather(self._mine, self._send)
+            self._phase = 1
+        if self._phase == 1 and self._request.Test():
+            self._flat[...] = self._send[:self._flat.size]
+            self._phase = 2
+        return self._phase == 2
 
     def wait(self) -> None:
         wait_until(self.test, self._check)

@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 import numpy as np
 import ray
 
-from distnn.comm.base import Communicator, Request, check_timeout
+from distnn.comm.base import Combine, Communicator, Request, check_timeout, ufunc_combine
 from distnn.comm.failfast import flush_and_exit
 from distnn.comm.shm import SharedMemoryTransport
 
@@ -53,14 +53,6 @@ SMALL_BYTES = 64 * 1024
 TRANSPORTS = ("auto", "object_store", "shm")
 
 _REDUCE = {"sum": np.add, "max": np.maximum, "min": np.minimum}
-
-
-def _reduce_in_order(parts: list[Any], reduce: np.ufunc, dtype: np.dtype) -> np.ndarray:
-    """`reduce` over `parts` in rank order, in `dtype`: the same result on every rank."""
-    acc = np.array(parts[0], dtype=dtype, copy=True)
-    for part in parts[1:]:
-        reduce(acc, part, out=acc)
-    return acc
 
 
 class RayCommunicator(Communicator):
@@ -119,35 +111,47 @@ class RayCommunicator(Communicator):
     def _allreduce(self, buf: np.ndarray, op: str) -> None:
         if self._size == 1:
             return
-        flat = buf.reshape(-1, order="A")  # a view: buf is contiguous (C or F)
-        reduce = _REDUCE[op]
-        shm = self._shared_memory("allreduce_", buf)
-        if shm is not None:
-            shm.allreduce(flat, reduce, self._timeout_check("allreduce_", buf))
-        elif flat.nbytes <= SMALL_BYTES:
-            items = self._exchange(flat.copy(), "allreduce_", buf)
-            flat[...] = _reduce_in_order(items, reduce, flat.dtype)
-        else:
-            self._allreduce_large(flat, reduce, buf)
+        self._combined(buf.reshape(-1, order="A"), ufunc_combine(_REDUCE[op]), buf,
+                       "allreduce_")
 
-    def _allreduce_large(self, flat: np.ndarray, reduce: np.ufunc, buf: np.ndarray) -> None:
+    def _allreduce_coded(self, flat: np.ndarray, combine: Combine) -> None:
+        if self._size == 1:
+            combine([flat.copy()], flat)
+            return
+        self._combined(flat, combine, flat, "allreduce_coded_")
+
+    def _combined(self, flat: np.ndarray, combine: Combine, buf: np.ndarray, what: str) -> None:
+        """flat = combine(every rank's flat, rank order), by the transport in use. Every
+        combination runs in the buffer's dtype, in rank order: the same bits on every rank."""
+        shm = self._shared_memory(what, buf)
+        if shm is not None:
+            shm.allreduce(flat, combine, self._timeout_check(what, buf))
+        elif flat.nbytes <= SMALL_BYTES:
+            items = self._exchange(flat.copy(), what, buf)
+            combine(items, flat)
+        else:
+            self._allreduce_large(flat, combine, buf, what)
+
+    def _allreduce_large(self, flat: np.ndarray, combine: Combine, buf: np.ndarray,
+                         what: str) -> None:
         """Reduce-scatter + allgather through the object store (see the module docstring)."""
         bounds = np.linspace(0, flat.size, self._size + 1).astype(np.int64)
         chunks = [flat[bounds[j]:bounds[j + 1]] for j in range(self._size)]
         # Reduce-scatter: publish my chunks (refs only travel through the rendezvous).
         mine = [None if j == self._rank else ray.put(chunks[j]) for j in range(self._size)]
         self._keep = mine
-        table = self._exchange(mine, "allreduce_", buf)
+        table = self._exchange(mine, what, buf)
         refs = [table[i][self._rank] for i in range(self._size) if i != self._rank]
-        fetched = iter(self._get(refs, "allreduce_", buf)) if refs else iter(())
+        fetched = iter(self._get(refs, what, buf)) if refs else iter(())
         parts = [chunks[i] if i == self._rank else next(fetched) for i in range(self._size)]
-        acc = _reduce_in_order(parts, reduce, flat.dtype)
+        acc = np.empty(chunks[self._rank].shape, flat.dtype)
+        combine(parts, acc)
         # Allgather of the reduced chunks.
         reduced_ref = ray.put(acc)
         self._keep = [reduced_ref]  # my input chunks were read by all: the exchange proves it
-        table = self._exchange([reduced_ref], "allreduce_", buf)
+        table = self._exchange([reduced_ref], what, buf)
         others = [j for j in range(self._size) if j != self._rank]
-        parts = self._get([table[j][0] for j in others], "allreduce_", buf)
+        parts = self._get([table[j][0] for j in others], what, buf)
         chunks[self._rank][...] = acc
         for j, part in zip(others, parts, strict=True):
             chunks[j][...] = part
@@ -204,13 +208,22 @@ class RayCommunicator(Communicator):
     def _iallreduce(self, buf: np.ndarray, op: str, channel: int) -> Request:
         """The channel's thread runs the blocking allreduce on the channel's communicator; the
         collectives of a channel run one after the other, in the order they were started."""
+        side, pool = self._channel_of(channel)
+        return _FutureRequest(pool.submit(side._allreduce, buf, op))
+
+    def _channel_of(self, channel: int) -> tuple[RayCommunicator, ThreadPoolExecutor]:
+        """Channel `channel`'s communicator and thread, made at its first use."""
         if channel not in self._side:
             side = RayCommunicator(self._rank, self._size, self._rdv, self.timeout,
                                    transport=self._requested, channel=channel)
             pool = ThreadPoolExecutor(1, thread_name_prefix=f"distnn-comm{channel}")
             self._side[channel] = (side, pool)
-        side, pool = self._side[channel]
-        return _FutureRequest(pool.submit(side._allreduce, buf, op))
+        return self._side[channel]
+
+    def _iallreduce_coded(self, flat: np.ndarray, combine: Combine) -> Request:
+        """On channel 1's thread, in order with that channel's other collectives."""
+        side, pool = self._channel_of(1)
+        return _FutureRequest(pool.submit(side._allreduce_coded, flat, combine))
 
     def _barrier(self) -> None:
         if self._size == 1:

@@ -13,7 +13,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from distnn.comm.base import wait_until
+from distnn.comm.base import Combine, wait_until
 
 # Shared-memory segments are /dev/shm/<prefix><group id>_<rank>_<n>: whoever ends a group
 # (the launcher, a test) removes what is left with `rendezvous.release_segments`, since actors
@@ -153,17 +153,17 @@ class SharedMemoryTransport:
     def _view(self, seg: SharedMemory, region: int, flat: np.ndarray) -> np.ndarray:
         return np.ndarray(flat.shape, dtype=flat.dtype, buffer=seg.buf, offset=region * self.cap)
 
-    def allreduce(self, flat: np.ndarray, reduce: np.ufunc, check: Check) -> None:
-        """Reduce `flat` in place with `reduce` over ranks. Collective: all ranks must call."""
+    def allreduce(self, flat: np.ndarray, combine: Combine, check: Check) -> None:
+        """Replace `flat` by combine(every rank's `flat`, rank order) (comm/base.py).
+        Collective: all ranks must call."""
         mine = self._begin(flat.nbytes)
         if flat.nbytes <= self.small_bytes:
             region = self.C + self.count % 2
             self._view(mine, region, flat)[...] = flat
             self._sync(check)
             segs = self._peers(mine)
-            acc = np.array(self._view(segs[0], region, flat), copy=True)
-            for seg in segs[1:]:  # rank order, in the buffer's dtype: the same on every rank
-                reduce(acc, self._view(seg, region, flat), out=acc)
+            acc = np.empty_like(flat)  # rank order, in the buffer's dtype: the same everywhere
+            combine([self._view(seg, region, flat) for seg in segs], acc)
             flat[...] = acc
             return
         bounds = np.linspace(0, flat.size, self.size + 1).astype(np.int64)
@@ -172,9 +172,8 @@ class SharedMemoryTransport:
         segs = self._peers(mine)
         lo, hi = bounds[self.rank], bounds[self.rank + 1]
         acc = self._view(mine, self.B, flat)[lo:hi]
-        acc[...] = self._view(segs[0], self.A, flat)[lo:hi]
-        for seg in segs[1:]:  # rank order, in the buffer's dtype: the same on every rank
-            reduce(acc, self._view(seg, self.A, flat)[lo:hi], out=acc)
+        # Rank order, in the buffer's dtype: the same on every rank.
+        combine([self._view(seg, self.A, flat)[lo:hi] for seg in segs], acc)
         del acc
         self._sync(check)
         for j, seg in enumerate(segs):

@@ -26,6 +26,7 @@ import numpy as np
 
 from distnn.comm.base import Request
 from distnn.nn.model import Sequential, offset_in
+from distnn.train.compress import ErrorFeedback
 from distnn.train.exact import BUCKET as BLOCK
 
 
@@ -84,10 +85,16 @@ class Overlap:
     model's after_layer hook, `finish()` to start what is left and wait for all.
     `prepare(lo, hi)`, if given, runs just before a bucket is started (e.g. adds the earlier
     micro-batches' gradients to its part). `started`/`backward_end`: monotonic times of the
-    last step, for the trace and the tests."""
+    last step, for the trace and the tests.
+    With `feedback` (comm.compress), a bucket travels as the 16-bit codes of its gradients
+    plus the rank's carried rounding error (train/compress.py), and `finish` decodes the
+    reduced codes into the region."""
 
-    def __init__(self, comm, region: np.ndarray, buckets: list[Bucket]):
+    def __init__(self, comm, region: np.ndarray, buckets: list[Bucket],
+                 feedback: ErrorFeedback | None = None):
         self.comm, self.region, self.buckets = comm, region, buckets
+        self.feedback = feedback
+        self.codes = np.zeros(region.size if feedback else 0, np.uint16)
         self.requests: list[Request] = []
         self.prepare: Callable[[int, int], None] | None = None
         self.armed = False
@@ -105,15 +112,24 @@ class Overlap:
         buckets, requests = self.buckets, self.requests
         while len(requests) < len(buckets) and buckets[len(requests)].ready >= i:
             self._start()
-        for request in self.requests:  # MPI advances a collective only inside MPI calls
-            request.test()
+        # MPI advances a collective only inside MPI calls. In order, and no further than the
+        # first one still running: a request with two steps starts its second when tested,
+        # and every rank must start those in the same order.
+        for request in self.requests:
+            if not request.test():
+                break
 
     def _start(self) -> None:
         b = self.buckets[len(self.requests)]
         if self.prepare is not None:
             self.prepare(b.lo, b.hi)
         self.started.append(time.monotonic())
-        self.requests.append(self.comm.iallreduce_(self.region[b.lo:b.hi]))
+        if self.feedback is None:
+            self.requests.append(self.comm.iallreduce_(self.region[b.lo:b.hi]))
+            return
+        codes = self.codes[b.lo:b.hi]
+        self.feedback.encode(self.region[b.lo:b.hi], codes, b.lo)
+        self.requests.append(self.comm.iallreduce_coded_(codes, self.feedback.codec.combine))
 
     def finish(self) -> None:
         """Start the buckets not started yet, wait for every one. Collective."""
@@ -123,6 +139,8 @@ class Overlap:
             self._start()
         for request in self.requests:
             request.wait()
+        if self.feedback is not None:
+            self.feedback.codec.decode(self.codes, self.region)
         self.armed = False
 
 

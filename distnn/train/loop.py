@@ -55,7 +55,7 @@ class Coordinator:
         else:
             self.step_fn = DataParallelStep(self.model, self.optimizer, comm, t.loss, t.l2,
                                             t.grad_accum, t.clip_grad_norm, cfg.seed,
-                                            bucket_mb)
+                                            bucket_mb, cfg.comm.compress)
         self.is_root = comm.rank == 0
         self.last_update_ratio = self.last_grad_norm = float("nan")
         self._before = np.empty_like(self.model.params)  # for the update ratio, reused

@@ -16,6 +16,7 @@ from distnn.nn.jit import njit
 from distnn.nn.lockstep import Group, Lockstep
 from distnn.nn.regularize import BatchNorm, Dropout, sample_keys
 from distnn.train.buckets import Overlap, plan
+from distnn.train.compress import Codec, ErrorFeedback
 from distnn.train.errors import ReplicaMismatch
 from distnn.train.exact import gather_sum
 
@@ -65,11 +66,13 @@ class DataParallelStep:
     layer, step, dataset index): a sample's mask is the same on any rank (InvariantStep adds
     bitwise world-size invariance).
     `bucket_mb`: overlap the allreduce with the backward pass, in buckets of about that many
-    MB (train/buckets.py), with the same result to the bit; None: one allreduce after it."""
+    MB (train/buckets.py), with the same result to the bit; None: one allreduce after it.
+    `compress` "bf16"/"fp16": the gradients travel in 16 bits with error feedback
+    (train/compress.py; the scalar slots in a small allreduce of their own)."""
 
     def __init__(self, model, optimizer, comm, loss: str = "softmax", l2: float = 0.0,
                  grad_accum: int = 1, clip_grad_norm: float = 0.0, seed: int = 0,
-                 bucket_mb: float | None = None):
+                 bucket_mb: float | None = None, compress: str = "none"):
         self.model, self.optimizer, self.comm = model, optimizer, comm
         self.loss, self.l2, self.grad_accum = loss, l2, grad_accum
         self.clip_grad_norm, self.seed = clip_grad_norm, seed
@@ -81,15 +84,26 @@ class DataParallelStep:
                          if isinstance(layer, Dropout)]
         self.stop_requested, self.filled = False, False
         self.overlap: Overlap | None = None
-        if bucket_mb is not None:
-            self._overlap_with(bucket_mb)
+        self.feedback: ErrorFeedback | None = None
+        if compress != "none":
+            self._compressed(compress, bucket_mb)
+        elif bucket_mb is not None:
+            region = model.grad_buffer[model.train_offset:]
+            buckets = plan(model, EXTRA_SLOTS, bucket_mb * 1e6, model.dtype.itemsize)
+            self.overlap = Overlap(comm, region, buckets)
+            model.after_layer = self.overlap.layer_done
 
-    def _overlap_with(self, bucket_mb: float) -> None:
+    def _compressed(self, codec: str, bucket_mb: float | None) -> None:
+        """16-bit buckets of the gradients (one bucket after the backward pass when bucket_mb
+        is None); sizes count the bytes sent, 2 an element."""
         model = self.model
-        region = model.grad_buffer[model.train_offset:]
-        buckets = plan(model, EXTRA_SLOTS, bucket_mb * 1e6, model.dtype.itemsize)
-        self.overlap = Overlap(self.comm, region, buckets)
-        model.after_layer = self.overlap.layer_done
+        region = model.grads[model.train_offset:]
+        self.feedback = ErrorFeedback(Codec(codec), region.size)
+        whole = 2.0 * region.size + 2 * 256
+        buckets = plan(model, 0, whole if bucket_mb is None else bucket_mb * 1e6, 2)
+        self.overlap = Overlap(self.comm, region, buckets, self.feedback)
+        if bucket_mb is not None:
+            model.after_layer = self.overlap.layer_done
 
     def _arm(self, loss_sum: float, correct: int, n: int):
         """For the last micro-batch under overlap: the hook that fills the scalar slots once
@@ -220,10 +234,14 @@ class DataParallelStep:
         with self.model.spans.span("allreduce"):  # a frozen prefix has no place in it
             if self.overlap is not None:
                 self.overlap.finish()
+                if self.feedback is not None:  # the scalars are not compressed
+                    self.comm.allreduce_(self.extra)
             else:
                 self.comm.allreduce_(self.model.grad_buffer[self.model.train_offset:])
         result = StepResult(float(self.extra[LOSS]), int(round(float(self.extra[CORRECT]))),
                             int(round(float(self.extra[COUNT]))), bool(self.extra[STOP] > 0))
+        if self.feedback is not None and not np.isfinite(result.loss):
+            self.feedback.residual[...] = 0.0  # an error that is not a number is not carried
         if apply and np.isfinite(result.loss):
             self.apply_update(lr)
         return result

@@ -141,6 +141,31 @@ def check_iallreduce(comm):
         comm.iallreduce_(np.zeros(3), op="mean")
 
 
+def _codes_of(rank: int, n: int) -> np.ndarray:
+    from distnn.train.compress import Codec
+    rng = np.random.default_rng(rank)
+    codes = np.zeros(n, np.uint16)
+    Codec("bf16").encode((rng.standard_normal(n) * 1e-3).astype(np.float32), codes)
+    return codes
+
+
+def check_allreduce_coded(comm):
+    # Chunk by chunk, by one rank each, read by all: the combination of every rank's codes
+    # in rank order (bf16 codes summed in float32), as one rank would compute it whole.
+    from distnn.train.compress import Codec
+    combine = Codec("bf16").combine
+    for n in (7, 1001, 300_001):  # inline / object-store sizes; chunks that do not divide
+        mine = _codes_of(comm.rank, n)
+        expected = np.zeros(n, np.uint16)
+        combine([_codes_of(r, n) for r in range(comm.size)], expected)
+        assert comm.allreduce_coded_(mine, combine) is mine
+        np.testing.assert_array_equal(mine, expected)
+        late = _codes_of(comm.rank, n)
+        request = comm.iallreduce_coded_(late, combine)
+        request.wait()
+        np.testing.assert_array_equal(late, expected)
+
+
 def check_bad_input_same_on_every_backend(comm):
     # Errors are raised before any communication, so every rank raises and nothing hangs.
     with pytest.raises(ValueError, match="valid ops: sum, max, min"):
@@ -168,4 +193,4 @@ def check_bad_input_same_on_every_backend(comm):
 CHECKS = [check_identity, check_allreduce_sum, check_allreduce_large_float32,
           check_allreduce_max_min, check_allreduce_view_in_place, check_broadcast,
           check_broadcast_empty, check_allreduce_obj, check_bcast_obj, check_barrier,
-          check_iallreduce, check_bad_input_same_on_every_backend]
+          check_iallreduce, check_allreduce_coded, check_bad_input_same_on_every_backend]
