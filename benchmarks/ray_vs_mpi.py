@@ -1,13 +1,18 @@
-"""The cifar net on 2 Ray actors vs 2 MPI ranks, and the allreduce alone per buffer size.
+"""The cifar net on N Ray actors vs N MPI ranks, and the allreduce alone per buffer size.
 
-    python -m benchmarks.ray_vs_mpi [--batch 64] [--steps 30] [--json OUT.json]
+    python -m benchmarks.ray_vs_mpi [--workers 4] [--nodes 2] [--bucket-mb 1] [--batch 64]
+        [--steps 30] [--json OUT.json]
 
 Training: the real DataParallelStep (benchmarks/scaling.py's timed_steps), one BLAS thread per
-worker, per-worker batch --batch; under `mpiexec -n 2` and on 2 Ray actors (num_cpus=1 each, a
-local Ray with 2 CPUs) with each RayCommunicator transport: "shm" (the default when all actors
-share a node) and "object_store" (what actors on different nodes use). Ratio = Ray img/s / MPI
-img/s. Allreduce: median of --reps float32 in-place sums after a barrier, per buffer size, the
-cifar gradient buffer included.
+worker, per-worker batch --batch, the allreduce overlapped with the backward pass in buckets of
+--bucket-mb MB (--bucket-mb 0: one allreduce after it); under `mpiexec -n N` and on N Ray
+actors (num_cpus=1 each). With --nodes 1, one local Ray with N CPUs and each RayCommunicator
+transport: "shm" (the default when all actors share a node) and "object_store". With --nodes K
+> 1, a real multi-node Ray cluster on this machine (ray.cluster_utils.Cluster: K raylets, each
+its own node id and object store, N/K CPUs each), so the actors spread over the nodes and the
+transport is the object store, as across machines. Ratio = Ray img/s / MPI img/s. Allreduce:
+median of --reps float32 in-place sums after a barrier, per buffer size, the cifar gradient
+buffer included. With N workers on fewer cores, both sides are oversubscribed alike.
 """
 
 from __future__ import annotations
@@ -43,25 +48,29 @@ def allreduce_times(comm, sizes, reps: int) -> dict:
     return out
 
 
-def worker(comm, batch: int, steps: int, sizes, reps: int) -> dict:
+def worker(comm, batch: int, steps: int, sizes, reps: int, bucket_mb: float | None) -> dict:
     from benchmarks.scaling import timed_steps
 
-    result = timed_steps(comm, batch, steps)
+    result = timed_steps(comm, batch, steps, bucket_mb)
     result["allreduce_s"] = allreduce_times(comm, list(sizes) + [result["params"] + 4], reps)
+    result["transport"] = getattr(comm, "transport", comm.name)
     return result
 
 
-def mpi(batch: int, steps: int, reps: int) -> dict:
-    cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", "2", sys.executable, "-m",
-           "benchmarks.ray_vs_mpi", "--mpi-worker", "--batch", str(batch), "--steps", str(steps),
-           "--reps", str(reps)]
+def mpi(workers: int, batch: int, steps: int, reps: int, bucket_mb: float | None) -> dict:
+    cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(workers), sys.executable,
+           "-m", "benchmarks.ray_vs_mpi", "--mpi-worker", "--batch", str(batch), "--steps",
+           str(steps), "--reps", str(reps), "--bucket-mb", str(bucket_mb or 0)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["allreduce_s"] = {int(n): t for n, t in result["allreduce_s"].items()}  # JSON keys
     return result
 
 
-def ray_runs(batch: int, steps: int, reps: int) -> dict:
+def ray_runs(workers: int, nodes: int, batch: int, steps: int, reps: int,
+             bucket_mb: float | None) -> dict:
+    """{transport: rank 0's figures} on N actors: one local Ray (shm, object_store), or a
+    K-node cluster on this machine (the transport the actors choose: the object store)."""
     import ray
 
     from distnn.comm.ray import RayCommunicator
@@ -69,72 +78,98 @@ def ray_runs(batch: int, steps: int, reps: int) -> dict:
 
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    cluster = None
+    if nodes > 1:
+        from ray.cluster_utils import Cluster
+
+        per = workers // nodes
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": per, "include_dashboard": False})
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=per)
+        ray.init(address=cluster.address, logging_level="WARNING")
+    else:
+        ray.init(num_cpus=workers, include_dashboard=False, logging_level="WARNING")
 
     @ray.remote(num_cpus=1, max_restarts=0)
     class Rank:
+        def node(self):
+            return ray.get_runtime_context().get_node_id()
+
         def run(self, rank, rendezvous, transport):
-            comm = RayCommunicator(rank, 2, rendezvous, transport=transport)
+            comm = RayCommunicator(rank, workers, rendezvous, transport=transport)
             try:
-                return worker(comm, batch, steps, SIZES, reps)
+                return worker(comm, batch, steps, SIZES, reps, bucket_mb)
             finally:
                 comm.close()
 
     results = {}
     try:
-        for transport in ("shm", "object_store"):
-            rendezvous, _ = create_group(2)
-            ranks = [Rank.remote() for _ in range(2)]
+        for transport in (("shm", "object_store") if nodes == 1 else ("auto",)):
+            rendezvous, _ = create_group(workers)
+            ranks = [Rank.remote() for _ in range(workers)]
             ray.get(rendezvous.set_workers.remote(ranks))
+            ids = ray.get([r.node.remote() for r in ranks], timeout=300)
             got = ray.get([r.run.remote(i, rendezvous, transport) for i, r in enumerate(ranks)],
-                          timeout=900)
-            results[transport] = got[0]
+                          timeout=1800)
+            got[0]["nodes"] = len(set(ids))
+            results[got[0]["transport"] if transport == "auto" else transport] = got[0]
             for r in ranks:
                 ray.kill(r, no_restart=True)
             release_segments(rendezvous)
             ray.kill(rendezvous, no_restart=True)
     finally:
         ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
     return results
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--nodes", type=int, default=2, help="Ray nodes (raylets) on this machine")
+    p.add_argument("--bucket-mb", type=float, default=1.0, help="0: no overlap")
     p.add_argument("--batch", type=int, default=64, help="per-worker batch")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--reps", type=int, default=20, help="allreduce repetitions per size")
     p.add_argument("--json", default=None)
     p.add_argument("--mpi-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    bucket_mb = args.bucket_mb or None
     if args.mpi_worker:
         from distnn.comm import create_communicator
 
         comm = create_communicator("mpi")
-        result = worker(comm, args.batch, args.steps, SIZES, args.reps)
+        result = worker(comm, args.batch, args.steps, SIZES, args.reps, bucket_mb)
         if comm.rank == 0:
             print(json.dumps(result))
         return
-    m = mpi(args.batch, args.steps, args.reps)
-    r = ray_runs(args.batch, args.steps, args.reps)
-    report = {"model": "cifar", "workers": 2, "batch_per_worker": args.batch,
-              "mpi_img_s": m["img_s"], "ray_shm_img_s": r["shm"]["img_s"],
-              "ray_object_store_img_s": r["object_store"]["img_s"],
-              "ratio_ray_shm_vs_mpi": r["shm"]["img_s"] / m["img_s"],
-              "ratio_ray_object_store_vs_mpi": r["object_store"]["img_s"] / m["img_s"],
-              "allreduce_ms": {
-                  int(n): {"mpi": 1e3 * m["allreduce_s"][n],
-                           "ray_shm": 1e3 * r["shm"]["allreduce_s"][n],
-                           "ray_object_store": 1e3 * r["object_store"]["allreduce_s"][n]}
-                  for n in sorted(m["allreduce_s"])}}
-    print(f"cifar net, 2 workers x 1 thread, batch {args.batch} per worker, {args.steps} steps")
-    print(f"  MPI                 {report['mpi_img_s']:8.1f} img/s")
-    print(f"  Ray (shm)           {report['ray_shm_img_s']:8.1f} img/s   "
-          f"ratio {report['ratio_ray_shm_vs_mpi']:.3f}")
-    print(f"  Ray (object store)  {report['ray_object_store_img_s']:8.1f} img/s   "
-          f"ratio {report['ratio_ray_object_store_vs_mpi']:.3f}")
-    print(f"\n{'floats':>10} {'MPI ms':>9} {'Ray shm ms':>11} {'Ray objstore ms':>16}")
+    if args.workers % args.nodes:
+        sys.exit(f"--workers {args.workers} over --nodes {args.nodes}: expected a multiple")
+    m = mpi(args.workers, args.batch, args.steps, args.reps, bucket_mb)
+    r = ray_runs(args.workers, args.nodes, args.batch, args.steps, args.reps, bucket_mb)
+    report = {"model": "cifar", "workers": args.workers, "ray_nodes": args.nodes,
+              "bucket_mb": bucket_mb, "batch_per_worker": args.batch, "mpi_img_s": m["img_s"],
+              "mpi_wait_share": m["wait_share"],
+              "ray": {t: {"img_s": v["img_s"], "ratio_vs_mpi": v["img_s"] / m["img_s"],
+                          "wait_share": v["wait_share"], "nodes": v["nodes"]}
+                      for t, v in r.items()},
+              "allreduce_ms": {int(n): {"mpi": 1e3 * m["allreduce_s"][n],
+                                        **{t: 1e3 * v["allreduce_s"][n] for t, v in r.items()}}
+                               for n in sorted(m["allreduce_s"])}}
+    overlap = f"buckets of {bucket_mb:g} MB overlapped" if bucket_mb else "no overlap"
+    print(f"cifar net, {args.workers} workers x 1 thread, batch {args.batch} per worker, "
+          f"{args.steps} steps, {overlap}; Ray on {args.nodes} node(s)")
+    print(f"  MPI                     {m['img_s']:8.1f} img/s   waiting "
+          f"{100 * m['wait_share']:.1f} % of the step")
+    for t, v in report["ray"].items():
+        print(f"  Ray {t:<12} ({v['nodes']} nodes) {v['img_s']:8.1f} img/s   ratio "
+              f"{v['ratio_vs_mpi']:.3f}   waiting {100 * v['wait_share']:.1f} %")
+    names = list(r)
+    print(f"\n{'floats':>10} {'MPI ms':>9} " + " ".join(f"{'Ray ' + t + ' ms':>18}" for t in names))
     for n, row in report["allreduce_ms"].items():
-        print(f"{n:>10} {row['mpi']:9.3f} {row['ray_shm']:11.3f} {row['ray_object_store']:16.3f}")
+        print(f"{n:>10} {row['mpi']:9.3f} " + " ".join(f"{row[t]:18.3f}" for t in names))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 

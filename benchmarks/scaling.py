@@ -4,8 +4,10 @@ Run (it launches the workers itself):
     python -m benchmarks.scaling --batch 64 --steps 30 [--json OUT.json]
 
 Per-rank batch is fixed (weak scaling): efficiency = (2-rank img/s) / (2 x 1-rank img/s).
-Also reported: the allreduce's share of the 2-rank step, and PyTorch DDP (gloo, 2 processes x
-1 thread) on the same model when torch is installed.
+Also reported: the allreduce's share of the 2-rank step, the share of the step spent waiting
+for communication with the allreduce after the backward pass and overlapped with it
+(`--bucket-mb`, comm.overlap), and PyTorch DDP (gloo, 2 processes x 1 thread) on the same model
+when torch is installed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 CIFAR = [
@@ -30,16 +33,35 @@ CIFAR = [
 ]
 
 
-def distnn_worker(batch: int, steps: int) -> dict:
+def distnn_worker(batch: int, steps: int, bucket_mb: float | None = None) -> dict:
     """One MPI rank (or the only process): see timed_steps."""
     from distnn.comm import create_communicator, detect_backend
 
-    return timed_steps(create_communicator(detect_backend()), batch, steps)
+    return timed_steps(create_communicator(detect_backend()), batch, steps, bucket_mb)
 
 
-def timed_steps(comm, batch: int, steps: int) -> dict:
+class WaitClock:
+    """The model's spans (a Tracer's interface): adds up the time in the "allreduce" span,
+    which is the step's wait for its communication (all of it without overlap, what the
+    backward pass did not hide with it)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    @contextmanager
+    def span(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if name == "allreduce":
+                self.seconds += time.perf_counter() - t0
+
+
+def timed_steps(comm, batch: int, steps: int, bucket_mb: float | None = None) -> dict:
     """Timed training steps of the real DataParallelStep on `comm` (any backend), one BLAS
-    thread, then the allreduce of the gradient buffer alone; returns this rank's figures."""
+    thread, overlapped in buckets of `bucket_mb` MB (None: one allreduce after the backward
+    pass), then the allreduce of the gradient buffer alone; returns this rank's figures."""
     import numpy as np
     from threadpoolctl import threadpool_limits
 
@@ -49,24 +71,30 @@ def timed_steps(comm, batch: int, steps: int) -> dict:
 
     with threadpool_limits(1):
         model = Sequential(CIFAR, (32, 32, 3), seed=0, extra_grad_slots=EXTRA_SLOTS)
-        step = DataParallelStep(model, make_optimizer("momentum", mu=0.9), comm)
+        step = DataParallelStep(model, make_optimizer("momentum", mu=0.9), comm,
+                                bucket_mb=bucket_mb)
+        clock = WaitClock()
+        model.spans = clock
         rng = np.random.default_rng(comm.rank)
         x = rng.random((batch, 32, 32, 3), dtype=np.float32)
         y = rng.integers(0, 10, batch)
         for _ in range(3):
             step(x, y, batch * comm.size, 0.01, False)
         comm.barrier()
+        clock.seconds = 0.0
         t0 = time.perf_counter()
         for _ in range(steps):
             step(x, y, batch * comm.size, 0.01, False)
         comm.barrier()
         total = time.perf_counter() - t0
+        wait = clock.seconds
         t0 = time.perf_counter()
         for _ in range(steps):
             comm.allreduce_(model.grad_buffer)
         allreduce = time.perf_counter() - t0
     return {"ranks": comm.size, "img_s": batch * comm.size * steps / total,
             "step_ms": 1000 * total / steps, "allreduce_ms": 1000 * allreduce / steps,
+            "wait_ms": 1000 * wait / steps, "wait_share": wait / total,
             "params": int(model.params.size)}
 
 
@@ -123,10 +151,11 @@ def torch_ddp(size: int, batch: int, steps: int) -> float | None:
     return result
 
 
-def launch(ranks: int, batch: int, steps: int) -> dict:
+def launch(ranks: int, batch: int, steps: int, bucket_mb: float | None = None) -> dict:
     """Run this module's worker under mpiexec (or alone for 1 rank) and read rank 0's JSON."""
+    extra = [] if bucket_mb is None else ["--bucket-mb", str(bucket_mb)]
     return launch_worker("benchmarks.scaling", ranks, ["--batch", str(batch), "--steps",
-                                                       str(steps)])
+                                                       str(steps), *extra])
 
 
 def launch_worker(module: str, ranks: int, args: list[str]) -> dict:
@@ -144,20 +173,28 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=64, help="per-rank batch")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--json", default=None)
+    p.add_argument("--bucket-mb", type=float, default=None,
+                   help="bucket size of the overlapped run (comm.bucket_mb; default 1)")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        result = distnn_worker(args.batch, args.steps)
+        result = distnn_worker(args.batch, args.steps, args.bucket_mb)
         if int(os.environ.get("PMI_RANK", "0")) == 0:
             print(json.dumps(result))
         return
-    one, two = launch(1, args.batch, args.steps), launch(2, args.batch, args.steps)
+    bucket_mb = args.bucket_mb or 1.0
+    one = launch(1, args.batch, args.steps)
+    two = launch(2, args.batch, args.steps)
+    lapped = launch(2, args.batch, args.steps, bucket_mb)
     eff = two["img_s"] / (2 * one["img_s"])
     report = {"model": "cifar", "batch_per_rank": args.batch, "one_rank_img_s": one["img_s"],
               "two_rank_img_s": two["img_s"], "efficiency": eff,
               "allreduce_ms": two["allreduce_ms"], "step_ms": two["step_ms"],
-              "allreduce_share": two["allreduce_ms"] / two["step_ms"], "params": two["params"]}
+              "allreduce_share": two["allreduce_ms"] / two["step_ms"], "params": two["params"],
+              "wait_share": two["wait_share"], "overlap_two_rank_img_s": lapped["img_s"],
+              "overlap_efficiency": lapped["img_s"] / (2 * one["img_s"]),
+              "overlap_wait_share": lapped["wait_share"], "bucket_mb": bucket_mb}
     if not args.no_torch:
         ddp = torch_ddp(2, args.batch, args.steps)
         report["torch_ddp_img_s"] = ddp
