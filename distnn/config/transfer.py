@@ -11,6 +11,7 @@ from pathlib import Path
 from distnn import nn
 from distnn.config.schema import Config, ConfigError
 from distnn.nn.base import Layer
+from distnn.storage import is_url
 
 
 def has_parameters(layer: Layer) -> bool:
@@ -69,7 +70,7 @@ def frozen_names(cfg: Config, layers: list[Layer] | None = None) -> tuple[str, .
 def with_absolute_paths(cfg: Config) -> Config:
     """`cfg` with train.init_from made absolute against the current directory: the path the
     user gave is relative to where the command runs, not to where a worker does."""
-    if not cfg.train.init_from:
+    if not cfg.train.init_from or is_url(cfg.train.init_from):  # a URL is the same anywhere
         return cfg
     start = str(Path(cfg.train.init_from).expanduser().absolute())
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=start))

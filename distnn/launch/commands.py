@@ -29,6 +29,7 @@ from distnn.config import ConfigError, load_config, parse_yaml, with_absolute_pa
 from distnn.data.errors import DataError
 from distnn.exit_codes import ExitCode
 from distnn.launch.worker import one_line, report, run_worker
+from distnn.storage import is_url
 from distnn.sweep.records import LOWER_IS_BETTER, TRIALS, ranked, read_trials
 from distnn.train import signals
 from distnn.train.ensemble import evaluate_ensemble
@@ -131,8 +132,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     comm = create_communicator(detect_backend())
     try:
         if members is None:
-            result = evaluate_checkpoint(Path(args.checkpoint), comm, args.dataset, args.split,
-                                         args.data_dir)
+            where = args.checkpoint if is_url(args.checkpoint) else Path(args.checkpoint)
+            result = evaluate_checkpoint(where, comm, args.dataset, args.split, args.data_dir)
         else:
             result = evaluate_ensemble(members, comm, args.dataset, args.split, args.data_dir)
     except (CheckpointError, DataError) as exc:

@@ -3,6 +3,10 @@
 Run directory contract (scripts depend on it): <run_dir>/config.yaml (resolved config),
 <run_dir>/metrics.jsonl, <run_dir>/checkpoints/last.h5 and best.h5 (and step-<n>.h5, the newest
 of which last.h5 links: train/retention.py).
+
+A run directory given as a URL (`s3://bucket/prefix`) is staged by rank 0 (storage/mirror.py):
+what is decided here is decided on a local copy of its published objects, under the store's
+lock (storage/lock.py) instead of the file lock.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from distnn import console
 from distnn.comm import Communicator
 from distnn.config import Config, ConfigError
 from distnn.launch.lock import RunDirLock
+from distnn.storage import is_url
+from distnn.storage.mirror import RemoteRun, shown
 from distnn.train.retention import find_resumable, has_checkpoint
 
 
@@ -41,7 +47,7 @@ def _decide(chosen: Path, resume: str | None) -> str | tuple[str, str | None]:
             return f"no checkpoint in {folder} passes its checks: {'; '.join(skipped)}"
         if skipped:
             console.err(f"distnn train: warning: skipped {'; '.join(skipped)}; "
-                        f"resuming from {start}")
+                        f"resuming from {shown(str(start))}")
     elif resume:
         start = Path(resume)
     elif has_checkpoint(folder):
@@ -53,24 +59,32 @@ def _decide(chosen: Path, resume: str | None) -> str | tuple[str, str | None]:
 
 
 def resolve_run(run_dir: str | None, resume: str | None, cfg: Config, comm: Communicator,
-                lock: bool = True) -> tuple[Path, Path | None, RunDirLock | None]:
+                lock: bool = True) -> tuple[Path, Path | None, RunDirLock | RemoteRun | None]:
     """Rank 0 decides the run directory and the checkpoint to resume (`resume`: None, "auto"
     or a path) and, with `lock`, takes the run directory's lock (launch/lock.py) before
     anything is written or loaded; every rank gets the answer, or the same ConfigError.
-    Returns (run directory, checkpoint or None, the lock on rank 0 else None).
-    Collective: all ranks must call."""
+    For a URL the run directory is rank 0's staging directory.
+    Returns (run directory, checkpoint or None, on rank 0 the lock, or the RemoteRun to
+    release, else None). Collective: all ranks must call."""
     decision: str | tuple[str, str | None] | None = None
-    held = None
+    held: RunDirLock | RemoteRun | None = None
     if comm.rank == 0:
-        chosen = choose_run_dir(run_dir, resume, cfg.name)
         try:  # the lock first: a live run is named as such, and nothing is read under it
-            held = RunDirLock.claim(chosen) if lock else None
-            decision = _decide(chosen, resume)
+            if run_dir and is_url(run_dir):
+                held = RemoteRun(run_dir, lock)  # always held: it owns the staging directory
+                decision = _decide(held.staging, resume)
+                decision = held.shown(decision) if isinstance(decision, str) else decision
+            else:
+                chosen = choose_run_dir(run_dir, resume, cfg.name)
+                held = RunDirLock.claim(chosen) if lock else None
+                decision = _decide(chosen, resume)
         except ConfigError as exc:
             decision = str(exc)
         if isinstance(decision, str) and held is not None:
             held.release()
             held = None
+        elif isinstance(held, RemoteRun):
+            held.remove_stale_temps()
     decision = comm.bcast_obj(decision)
     if isinstance(decision, str):
         raise ConfigError(decision)

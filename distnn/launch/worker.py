@@ -13,6 +13,7 @@ from distnn.console import one_line
 from distnn.data.errors import DataError
 from distnn.exit_codes import ExitCode
 from distnn.launch.rundir import resolve_run
+from distnn.storage.mirror import shown
 from distnn.train.errors import CheckpointError, CheckpointWriteError, TrainingDiverged
 from distnn.train.run import train
 
@@ -22,7 +23,7 @@ class Outcome:
     """What a worker hands back: picklable, so a Ray actor can return it to the driver."""
 
     exit_code: int  # an ExitCode, or the code a rank aborted with
-    run_dir: Path | None
+    run_dir: Path | str | None  # str: a URL (s3://...)
     test: dict | None  # accuracy, loss, n on the test split (None unless finished)
 
 
@@ -36,6 +37,7 @@ def run_worker(cfg: Config, comm: Communicator, run_dir: str | None,
     try:
         check_world_size(cfg, comm.size)
         rd, start, held = resolve_run(run_dir, resume, cfg, comm, lock)
+        where = shown(rd)  # a staged run directory is reported by its URL
         try:
             result = train(cfg, comm, rd, start)
         finally:
@@ -55,7 +57,7 @@ def run_worker(cfg: Config, comm: Communicator, run_dir: str | None,
         if comm.rank == 0:
             console.err(f"distnn train: checkpoint write failed: {exc}")
         return Outcome(ExitCode.WRITE_FAILED, None, None)
-    return Outcome(result.exit_code, result.run_dir, result.test)
+    return Outcome(result.exit_code, where, result.test)
 
 
 def report(outcome: Outcome) -> None:

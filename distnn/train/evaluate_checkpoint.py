@@ -21,8 +21,9 @@ from distnn.train.setup import build_model, rank_threads
 from distnn.train.step import parameter_checksum
 
 
-def read_saved(path: Path, comm) -> tuple[Snapshot, Config]:
-    """The checkpoint at `path` (read on rank 0, broadcast) and the config saved in it.
+def read_saved(path: Path | str, comm) -> tuple[Snapshot, Config]:
+    """The checkpoint at `path` (a file, or a URL as a str: downloaded to a temporary file on
+    rank 0; storage/remote.py) read on rank 0 and broadcast, and the config saved in it.
     An unreadable file or config is a CheckpointError naming the file.
     Collective: all ranks must call."""
     snap = load_on_root(path, None, comm)
@@ -30,7 +31,7 @@ def read_saved(path: Path, comm) -> tuple[Snapshot, Config]:
     return snap, saved_config(snap, path)
 
 
-def saved_config(snap: Snapshot, path: Path) -> Config:
+def saved_config(snap: Snapshot, path: Path | str) -> Config:
     """The config saved in the checkpoint `snap` read from `path` (CheckpointError naming the
     file if it does not load)."""
     try:
@@ -54,7 +55,7 @@ def saved_network(path: Path, snap: Snapshot, cfg: Config, input_shape: tuple[in
     return network
 
 
-def fit_model(path: Path, snap: Snapshot, cfg: Config, data: Dataset, name: str,
+def fit_model(path: Path | str, snap: Snapshot, cfg: Config, data: Dataset, name: str,
               split: str) -> Sequential:
     """The saved model built for `data`'s images and classes, with the saved parameters. A
     model that does not fit them (image shape, number of classes, array shapes) is a
@@ -67,7 +68,7 @@ def fit_model(path: Path, snap: Snapshot, cfg: Config, data: Dataset, name: str,
     return model
 
 
-def evaluate_checkpoint(path: Path, comm, dataset: str | None, split: str,
+def evaluate_checkpoint(path: Path | str, comm, dataset: str | None, split: str,
                         data_dir: str | None) -> dict:
     """Collective: all ranks must call. Returns {'accuracy', 'loss', 'n', 'dataset', 'split',
     'params_crc'} (the CRC-32 of the parameters, as on the run's epoch lines).

@@ -19,6 +19,7 @@ import yaml
 from distnn import console
 from distnn.comm import Communicator
 from distnn.config import Config, to_dict
+from distnn.storage import mirror
 from distnn.train import checkpoint as ckpt
 from distnn.train import retention
 from distnn.train.errors import CheckpointWriteError
@@ -112,8 +113,12 @@ class CheckpointKeeper:
         if self.keep_good:
             self.good = self.snapshot(state)
         if resumed is not None:
-            self._on_root(lambda: retention.resumed_from(self.folder, resumed),
+            self._on_root(lambda: self._relink(resumed),
                           f"could not point {self.folder / 'last.h5'} at {resumed}")
+
+    def _relink(self, resumed: Path) -> None:
+        retention.resumed_from(self.folder, resumed)
+        mirror.publish(self.folder.parent)  # a run directory at a URL: the store follows
 
     def request(self, state: RunState) -> None:
         """Hold a checkpoint of the current state (its parameters not scored yet) until
@@ -168,6 +173,9 @@ class CheckpointKeeper:
         else:
             self.rotate_best()
             ckpt.save_checkpoint(snap, self.folder / "best.h5")
+        # A run directory at a URL: published before every rank learns that the write
+        # succeeded, so a checkpoint counts as written only once another node can read it.
+        mirror.publish(self.folder.parent)
 
     def rotate_best(self) -> None:
         """best.h5 is the newest best; best-2.h5 .. best-k.h5 the k-1 bests before it."""

@@ -19,6 +19,8 @@ from distnn.exit_codes import ExitCode
 from distnn.nn import Sequential
 from distnn.nn import threads as nn_threads
 from distnn.optim import UpdateRule
+from distnn.storage import mirror
+from distnn.storage.remote import read_any
 from distnn.train import checkpoint as ckpt
 from distnn.train import signals, tensorboard
 from distnn.train.errors import CheckpointError
@@ -79,15 +81,17 @@ def broadcast_arrays(tree, comm):
     return out
 
 
-def load_on_root(path: Path | None, model_spec, comm) -> ckpt.Snapshot | None:
-    """Rank 0 reads and validates (against `model_spec` unless None); its copy, or its error,
-    reaches every rank. Collective: all ranks must call."""
+def load_on_root(path: Path | str | None, model_spec, comm) -> ckpt.Snapshot | None:
+    """Rank 0 reads and validates (against `model_spec` unless None) the checkpoint at `path`
+    (a file, or a URL as a str); its copy, or its error, reaches every rank.
+    Collective: all ranks must call."""
     snap, error = None, None
     if comm.rank == 0 and path is not None:
         try:
-            snap = ckpt.load_checkpoint(path)
+            snap = read_any(path)
             if model_spec is not None:
-                ckpt.check_compatible(snap, model_spec, path)
+                # only resumes check the model: their checkpoints are local files
+                ckpt.check_compatible(snap, model_spec, Path(path))
         except CheckpointError as exc:
             error = str(exc)
     error = comm.bcast_obj(error)
@@ -173,7 +177,12 @@ def save_config_on_root(cfg: Config, run_dir: Path, comm: Communicator) -> None:
     """Rank 0 writes <run_dir>/config.yaml; a failure (disk full) ends every rank alike with
     CheckpointWriteError (exit 74). Collective: all ranks must call."""
     path = run_dir / "config.yaml"
-    write_on_root(comm, lambda: save_config(cfg, path), f"could not write {path}")
+
+    def save() -> None:
+        save_config(cfg, path)
+        mirror.publish(run_dir)  # a run directory at a URL: the store gets it now
+
+    write_on_root(comm, save, f"could not write {path}")
 
 
 def train(cfg: Config, comm: Communicator, run_dir: Path,
@@ -190,11 +199,14 @@ def train(cfg: Config, comm: Communicator, run_dir: Path,
         best = load_best(resume, cfg, comm) if snap is not None else None
         source = None  # a resumed run continues from its own checkpoint, never init_from
         if snap is None and cfg.train.init_from:
-            source = load_on_root(Path(cfg.train.init_from), None, comm)
+            source = load_on_root(cfg.train.init_from, None, comm)  # a path or a URL
         parts = build_parts(cfg, comm, snap, source)
         if comm.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
         metrics = MetricsLog(run_dir / "metrics.jsonl", comm.rank == 0)
+        publishing = mirror.metrics_sink(run_dir)  # rank 0 of a run directory at a URL
+        if publishing is not None:
+            metrics.sinks.append(publishing)
         if cfg.log.tensorboard:
             tensorboard.check_available()  # a ConfigError alike on every rank
             if comm.rank == 0:

@@ -17,6 +17,7 @@ import numpy as np
 
 from distnn.config import ConfigError
 from distnn.nn import Sequential
+from distnn.storage import shown
 from distnn.train.checkpoint import Snapshot
 
 
@@ -34,7 +35,7 @@ class Transfer:
             parts.append(f"reset {', '.join(self.reset)} (train.reset)")
         if self.new:
             parts.append(f"new {', '.join(self.new)}")
-        return f"init_from {path}: " + "; ".join(parts)
+        return f"init_from {shown(path)}: " + "; ".join(parts)
 
 
 def _names(specs: list) -> list[str]:
@@ -54,7 +55,7 @@ def _check_position(model: Sequential, i: int, theirs: list, path: Path) -> None
         return
     first = next((j for j, (a, b) in enumerate(zip(mine, kinds, strict=False)) if a != b), i)
     there = f"{kinds[first]}" if first < len(kinds) else "nothing"
-    raise ConfigError(f"train.init_from: {path}: layer {name!r} has a positional name, but "
+    raise ConfigError(f"train.init_from: {shown(path)}: layer {name!r} has a positional name, but "
                       f"in the checkpoint {name!r} is layer {at} and model.{first} is "
                       f"{there} there, {mine[first]} here (a layer inserted or removed?); "
                       f"give the layers `name:` keys to say which weights load where, or list "
