@@ -8,6 +8,9 @@ elements from the region's start; the first bucket carries the scalar slots (the
 before the backward pass starts). A bucket is final once backward has finished the lowest layer
 whose parameters lie in it; the model's `after_layer` hook tells `Overlap`, which starts the
 bucket's non-blocking allreduce (Communicator.iallreduce_) and tests the ones in flight.
+Neighbouring pieces that become final at the same layer are one bucket: cutting one layer's
+gradients would only add collectives (each has a fixed cost: about 40 ms through Ray's object
+store across nodes), never overlap (DDP likewise never splits a parameter).
 
 Every rank starts the buckets in the same order (bucket 0, 1, ...), on channel 1, whatever its
 timing: the order MPI demands of non-blocking collectives. The sums are those of one big
@@ -54,20 +57,31 @@ def plan(model: Sequential, extra: int, bucket_bytes: float, itemsize: int) -> l
     """The buckets of the region grad_buffer[train_offset:P] + `extra` scalar slots, in the
     order they are started (the region's end first). `bucket_bytes`: their size at
     `itemsize` bytes an element (rounded to whole BLOCKs, at least one)."""
-    size = model.params.size - model.train_offset
-    step = bucket_elements(bucket_bytes, itemsize)
-    ranges = layer_ranges(model)
-    # Cuts on BLOCK boundaries: the first bucket takes the region's ragged end.
+    return cut(layer_ranges(model), model.params.size - model.train_offset,
+               bucket_elements(bucket_bytes, itemsize), extra, len(model.layers))
+
+
+def cut(ranges: list[tuple[int, int, int]], size: int, step: int, extra: int = 0,
+        layers: int = 0) -> list[Bucket]:
+    """Buckets of a region of `size` elements, in the order they are started (its end first).
+    `ranges`: (layer index, first, end) of each trained layer's parameters in the region
+    (layer_ranges); `step`: elements of a piece (a multiple of BLOCK); `extra` scalar slots
+    ride in bucket 0; `layers`: how many layers the model has (a piece of padding alone, at
+    the end, is final at once). Pieces final at the same layer are one bucket."""
+    # Cuts on BLOCK boundaries: the first piece takes the region's ragged end.
     cuts = [size, max(0, (size - step) // BLOCK * BLOCK)] if size else [0]
     while cuts[-1] > 0:
         cuts.append(max(0, cuts[-1] - step))
-    buckets = []
-    ready = len(model.layers)
+    buckets: list[Bucket] = []
+    ready = layers
     for k in range(len(cuts) - 1):
         lo, hi = cuts[k + 1], cuts[k]
         touching = [i for i, first, end in ranges if first < hi and end > lo]
         ready = min(touching) if touching else ready  # padding only: with the one before
-        buckets.append(Bucket(lo, hi + (extra if k == 0 else 0), ready))
+        if buckets and buckets[-1].ready == ready:  # final at the same layer: one bucket
+            buckets[-1] = Bucket(lo, buckets[-1].hi, ready)
+        else:
+            buckets.append(Bucket(lo, hi + (extra if k == 0 else 0), ready))
     if not buckets:  # no trained parameter: the slots alone
         buckets.append(Bucket(0, extra, ready))
     return buckets
