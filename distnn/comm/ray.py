@@ -8,7 +8,9 @@ How the data moves:
   * The rendezvous only passes small things: ObjectRefs, and payloads of small collectives. One
     call `exchange(seq, rank, item)` returns every rank's item once all ranks have sent theirs
     (an allgather of metadata, one round trip per phase).
-  * allreduce_, large buffers (> SMALL_BYTES): reduce-scatter + allgather through the object
+  * allreduce_, large buffers on up to GATHER_MAX_RANKS ranks: every rank `ray.put`s its
+    buffer, fetches every other's and reduces them all in rank order (one round of transfers).
+  * allreduce_, large buffers on more ranks: reduce-scatter + allgather through the object
     store. Rank i splits its buffer into `size` chunks and `ray.put`s each; rank j fetches chunk
     j of every rank, reduces them in rank order in the buffer's dtype, and puts the result; every
     rank then fetches all reduced chunks. Each rank sends and receives about 2 x buffer bytes
@@ -51,6 +53,12 @@ SMALL_BYTES = 64 * 1024
 # "auto": shared memory when every rank is on the same node, else the object store;
 # "object_store": always Ray's object store; "shm": shared memory (same node required).
 TRANSPORTS = ("auto", "object_store", "shm")
+
+# Up to this many ranks, a large allreduce through the object store is one round (every rank
+# fetches every other's buffer) instead of a reduce-scatter + allgather (two rounds, and less
+# data per rank beyond 2 ranks). Transfers between Ray nodes are latency-bound: 4 actors on two
+# Ray nodes here, 1.1 M floats, 78 ms in one round against 135 ms in two (300 k: 40 / 120 ms).
+GATHER_MAX_RANKS = 4
 
 _REDUCE = {"sum": np.add, "max": np.maximum, "min": np.minimum}
 
@@ -129,8 +137,25 @@ class RayCommunicator(Communicator):
         elif flat.nbytes <= SMALL_BYTES:
             items = self._exchange(flat.copy(), what, buf)
             combine(items, flat)
+        elif self._size <= GATHER_MAX_RANKS:
+            self._allreduce_gather(flat, combine, buf, what)
         else:
             self._allreduce_large(flat, combine, buf, what)
+
+    def _allreduce_gather(self, flat: np.ndarray, combine: Combine, buf: np.ndarray,
+                          what: str) -> None:
+        """Few ranks: each publishes its whole buffer and fetches every other's, and each
+        combines them all in rank order (the same bits everywhere). One round of transfers
+        instead of two; on 2 ranks the same bytes as a reduce-scatter + allgather."""
+        ref = ray.put(flat)
+        self._keep = [ref]
+        table = self._exchange([ref], what, buf)
+        others = [r for r in range(self._size) if r != self._rank]
+        got = iter(self._get([table[r][0] for r in others], what, buf))
+        parts = [flat if r == self._rank else next(got) for r in range(self._size)]
+        acc = np.empty_like(flat)
+        combine(parts, acc)
+        flat[...] = acc
 
     def _allreduce_large(self, flat: np.ndarray, combine: Combine, buf: np.ndarray,
                          what: str) -> None:
