@@ -58,6 +58,9 @@ _BCAST_KINDS = "biufc"
 SPIN_SECONDS = 0.02
 SLEEP_FRACTION = 0.002
 MAX_SLEEP_SECONDS = 0.001
+# A wait that runs beside computation (a non-blocking collective's thread) never spins: the
+# core belongs to the computation, and a little latency is hidden behind it anyway.
+PATIENT_SLEEP_SECONDS = 0.0002
 
 
 class Communicator(abc.ABC):
@@ -257,14 +260,18 @@ class Request:
 DONE = Request()  # a collective that completed before it was returned
 
 
-def wait_until(done: Callable[[], bool], check: Callable[[float], None]) -> None:
+def wait_until(done: Callable[[], bool], check: Callable[[float], None],
+               patient: bool = False) -> None:
     """Poll `done()` until it is true, calling `check(seconds waited)` between polls (it may end
-    the job, e.g. `Communicator._timeout_check`). Spins at first, then sleeps (see SPIN_SECONDS)."""
+    the job, e.g. `Communicator._timeout_check`). Spins at first, then sleeps (see SPIN_SECONDS);
+    `patient`: sleeps from the start (PATIENT_SLEEP_SECONDS)."""
     start = time.monotonic()
     while not done():
         waited = time.monotonic() - start
         check(waited)
-        if waited > SPIN_SECONDS:
+        if patient:
+            time.sleep(PATIENT_SLEEP_SECONDS)
+        elif waited > SPIN_SECONDS:
             time.sleep(min(MAX_SLEEP_SECONDS, waited * SLEEP_FRACTION))
         else:
             # Free when each rank has a core; with more ranks than cores the rank holding

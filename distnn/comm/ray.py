@@ -215,7 +215,9 @@ class RayCommunicator(Communicator):
             gid = self._get(self._rdv.group_id.remote(), what, buf)
             if self._channel:  # segment names stay under the group's prefix (release_segments)
                 gid = f"{gid}_c{self._channel}"
-            shm = SharedMemoryTransport(self._rank, self._size, gid, SMALL_BYTES)
+            # A channel's thread runs beside the computation: its waits must not spin.
+            shm = SharedMemoryTransport(self._rank, self._size, gid, SMALL_BYTES,
+                                        patient=self._channel > 0)
             here = (ray.get_runtime_context().get_node_id(),
                     platform.machine().lower() in ("x86_64", "amd64"))
             everyone = self._exchange(here, what, buf)  # every rank's first collective

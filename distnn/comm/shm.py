@@ -59,8 +59,10 @@ class SharedMemoryTransport:
 
     A, B, C = 0, 1, 2
 
-    def __init__(self, rank: int, size: int, gid: str, small_bytes: int):
+    def __init__(self, rank: int, size: int, gid: str, small_bytes: int,
+                 patient: bool = False):
         self.rank, self.size, self.gid = rank, size, gid
+        self.patient = patient  # waits sleep at once (comm/base.py wait_until)
         self.small_bytes = small_bytes  # allreduces up to this size: the small form
         self.ctl: SharedMemory | None = SharedMemory(name=self._name(rank, "ctl"), create=True,
                                                      size=64)
@@ -107,7 +109,7 @@ class SharedMemoryTransport:
         controls = self.controls
         controls[self.rank][0] = seq
         # Counters only grow: a rank seen caught up stays so while the others are re-read.
-        wait_until(lambda: all(c[0] >= seq for c in controls), check)
+        wait_until(lambda: all(c[0] >= seq for c in controls), check, self.patient)
         while self.retired:  # every rank has left the collective that used them
             self._release(self.retired.pop())
 
