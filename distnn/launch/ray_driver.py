@@ -3,7 +3,10 @@
 The driver (this process) connects to a Ray cluster (`--address`, else `RAY_ADDRESS`, else it
 starts a local one), reserves N one-CPU bundles in a placement group (PACK), starts N worker
 actors in it (ray_worker.py) and a rendezvous actor (num_cpus=0) for their collectives, and has
-every worker run the same `run_worker` as every other backend, on a `RayCommunicator`.
+every worker run the same `run_worker` as every other backend, on a `RayCommunicator`. Once
+the actors have built their communicators (`comm.transport`; one barrier decides it), it logs
+the group's nodes and the transport they chose: "3 workers on 2 nodes (node ids ..),
+transport object_store".
 
 Failures: when a worker actor dies (its process killed, its node lost), the driver notices
 (`RayActorError` from that worker's task), kills the rest of the group, logs what happened and,
@@ -47,9 +50,12 @@ from distnn.launch.ray_elastic import (
     wait_for_cpus,
     worker_range,
 )
+from distnn.launch.ray_report import check_transport, death_reason, placement, resume_point
 from distnn.launch.ray_worker import Worker
 from distnn.launch.rundir import choose_run_dir
 from distnn.launch.worker import Outcome, report
+from distnn.storage import is_url
+from distnn.storage.lock import RemoteLock
 
 
 def launch(args: argparse.Namespace, cfg: Config) -> int:
@@ -65,10 +71,13 @@ def launch(args: argparse.Namespace, cfg: Config) -> int:
                            f"but this machine has {os.cpu_count()} (for a cluster, pass "
                            f"--address or set RAY_ADDRESS)")
         # Decided once, absolute, so that restarted groups write to the same place; locked
-        # here, for the whole job, since worker groups come and go.
-        run_dir = choose_run_dir(args.run_dir, args.resume, cfg.name).resolve()
+        # here, for the whole job, since worker groups come and go. A URL (s3://) is the same
+        # on every node: each group's rank 0 stages it (storage/mirror.py).
+        run_dir: Path | str = args.run_dir if is_url(args.run_dir) else \
+            choose_run_dir(args.run_dir, args.resume, cfg.name).resolve()
         try:
-            held = RunDirLock.claim(run_dir)
+            held: RunDirLock | RemoteLock = RemoteLock.claim(run_dir) \
+                if isinstance(run_dir, str) else RunDirLock.claim(run_dir)
         except ConfigError as exc:
             raise BadInput(str(exc)) from None
         try:
@@ -83,7 +92,7 @@ def launch(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _launch(args: argparse.Namespace, cfg: Config, workers: WorkerRange, max_failures: int,
-            address: str | None, run_dir: Path) -> int:
+            address: str | None, run_dir: Path | str) -> int:
     where = f"the Ray cluster at {address}" if address else "the local Ray"
     size = workers.high
     if workers.elastic:
@@ -106,7 +115,7 @@ def _launch(args: argparse.Namespace, cfg: Config, workers: WorkerRange, max_fai
                     size, pg = _regrow(size, min(workers.high, size + group.growing), where,
                                        cfg.comm.replace_timeout)
                     log(f"elastic: restarting on {size} workers, resuming from "
-                        f"{_resume_point(run_dir)}")
+                        f"{resume_point(run_dir)}")
                     continue
                 if isinstance(ended, Outcome):
                     report(ended)
@@ -134,7 +143,7 @@ def _launch(args: argparse.Namespace, cfg: Config, workers: WorkerRange, max_fai
                         return ExitCode.FAILED
                 log(f"{ended}; restarting the worker group ({failures} of --max-failures "
                     f"{max_failures}) on {size} workers{shrink}, resuming from "
-                    f"{_resume_point(run_dir)}")
+                    f"{resume_point(run_dir)}")
     finally:
         remove_placement_group(pg)
 
@@ -192,7 +201,7 @@ class _Group:
             for r in range(workers)]
         self.infos: list[dict] = []
 
-    def run(self, cfg: Config, run_dir: Path, resume: str | None) -> Outcome | str:
+    def run(self, cfg: Config, run_dir: Path | str, resume: str | None) -> Outcome | str:
         """Start the group and wait for it. Returns rank 0's Outcome when the job ends
         (finished, stopped, bad input, or aborted by a rank), or what died when a restart may
         help."""
@@ -201,16 +210,25 @@ class _Group:
             self.infos = ray.get([a.info.remote() for a in self.actors], timeout=READY_TIMEOUT)
             for r, info in enumerate(self.infos):
                 log(f"rank {r} of {self.workers} is pid {info['pid']} on {info['host']}")
-            refs = [a.run.remote(r, self.workers, self.rendezvous, cfg, str(run_dir), resume,
-                                 os.getcwd()) for r, a in enumerate(self.actors)]
-            return self._wait(refs)
+            check_transport(cfg, self.infos)
+            transports = self._wait([a.connect.remote(r, self.workers, self.rendezvous, cfg)
+                                     for r, a in enumerate(self.actors)])
+            if not isinstance(transports, list):
+                return transports
+            log(placement(self.infos, transports))
+            ended = self._wait([a.run.remote(cfg, str(run_dir), resume, os.getcwd())
+                                for a in self.actors])
+            return ended[0] if isinstance(ended, list) else ended
         except ray.exceptions.GetTimeoutError:
             raise BadInput(f"the {self.workers} worker actors did not start within "
                            f"{READY_TIMEOUT:g} s") from None
         finally:
             self._stop()
 
-    def _wait(self, refs: list) -> Outcome | str:
+    def _wait(self, refs: list) -> list | Outcome | str:
+        """Every rank's result, in rank order, once all tasks are done; or, as soon as a rank
+        fails, the Outcome that ends the job or what died (see `run`). Meanwhile, forwards the
+        driver's signals and watches for CPUs to grow onto."""
         rank_of = {ref: r for r, ref in enumerate(refs)}
         pending, results = list(refs), {}
         while pending:
@@ -232,7 +250,7 @@ class _Group:
                 except ray.exceptions.RayTaskError as exc:
                     log(f"rank {r} failed: {exc}")
                     return Outcome(ExitCode.FAILED, None, None)
-        return results[0]
+        return [results[r] for r in range(len(refs))]
 
     def _forward_signal(self, why: str) -> None:
         """SIGUSR1 to rank 0's process, from a zero-CPU task on its node."""
@@ -253,7 +271,7 @@ class _Group:
             return Outcome(code, None, None)
         info = self.infos[rank]
         return (f"worker rank {rank} (pid {info['pid']} on {info['host']}) "
-                f"died{_death_reason(exc)}")
+                f"died{death_reason(exc)}")
 
     def _stop(self) -> None:
         for a in self.actors:
@@ -264,25 +282,3 @@ class _Group:
         except Exception as exc:  # best effort: report, do not mask the outcome
             log(f"warning: could not remove the group's shared memory: {exc}")
         ray.kill(self.rendezvous, no_restart=True)
-
-
-def _resume_point(run_dir: Path) -> str:
-    """What `--resume auto` will start from, for the restart log line."""
-    folder = run_dir / "checkpoints"
-    if (folder / "last.h5").exists():
-        return f"{folder / 'last.h5'} (or the newest step file that verifies)"
-    if any(folder.glob("step-*.h5")):
-        return f"the newest step file in {folder} that verifies"
-    return "the start (no checkpoint yet)"
-
-
-def _death_reason(exc: Exception) -> str:
-    """The first sentence of Ray's explanation, e.g. "The actor is dead because its worker
-    process has died." plus its exit type, kept to one short line."""
-    text = " ".join(str(exc).split())
-    first = text.split(". ")[0].strip()
-    kind = ""
-    if "Worker exit type:" in text:
-        kind = "; " + text[text.index("Worker exit type:"):].split(" Worker exit detail")[0]
-    return f" ({first[:160]}{kind[:60]})" if first else ""
-

@@ -8,79 +8,26 @@ real `distnn train` subprocess connecting with --address.
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from tests.train.runs import BIN, metrics, mpiexec, params, run, wait_for, write_config
+from tests.distributed.ray_helpers import (
+    Head,
+    distnn,
+    free_port,
+    job_submit,
+    ray_env,
+    ray_train,
+    train_killed_once,
+)
+from tests.train.runs import metrics, mpiexec, params, run, write_config
 
 pytest.importorskip("ray", reason="ray not installed (pip install 'distnn[ray]')")
 
-ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["ray_env"]  # tests/sweep/test_sweep_ray.py imports it from here
+
 # The same bound as the MPI test (tests/distributed/test_mpi_training.py).
 RTOL, ATOL = 1e-4, 1e-5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ray_env() -> dict:
-    e = dict(os.environ)
-    e["RAY_AUTH_MODE"] = "disabled"  # Ray 2.60: else `ray start`/`ray job submit` want a token
-    e.setdefault("PYTHONUNBUFFERED", "1")
-    e.pop("RAY_ADDRESS", None)
-    return e
-
-
-class Head:
-    def __init__(self, env: dict | None = None):
-        self.port, self.dash = free_port(), free_port()
-        self.tmp = tempfile.mkdtemp(prefix="dnray-")  # short: Ray socket paths < 108 chars
-        self.log = Path(self.tmp) / "head.log"
-        self.proc = subprocess.Popen(
-            [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-             "--port", str(self.port), "--num-cpus", "2", "--include-dashboard=true",
-             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dash),
-             "--temp-dir", self.tmp, "--disable-usage-stats"],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env={**ray_env(), **(env or {})})
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout=90):
-        import urllib.request
-
-        def up():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"ray start exited: {self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.dash}/api/version",
-                                            timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_for(up, timeout, "the Ray head's dashboard")
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +38,6 @@ def head():
         yield h
     finally:
         h.stop()
-
-
-def distnn(args, timeout=240, **kw):
-    return subprocess.run([str(BIN / "distnn"), *args], capture_output=True, text=True,
-                          timeout=timeout, env=ray_env(), **kw)
-
-
-def ray_train(head, cfg, run_dir, *extra, timeout=240):
-    return distnn(["train", str(cfg), "--run-dir", str(run_dir), "--backend", "ray",
-                   "--workers", "2", "--address", head.address, *extra], timeout=timeout)
 
 
 def test_two_ray_workers_equal_one_process(head, tmp_path):
@@ -143,49 +80,9 @@ def test_init_from_and_a_frozen_prefix_on_ray_equal_one_process(head, tmp_path):
     np.testing.assert_array_equal(b["conv0.W"], params(ckpt)["conv0.W"])
 
 
-# A `distnn train --backend ray` driver whose worker actors are a test subclass (pickled by value
-# from this script, so the actors need no test code on their path): rank 1 of the first worker
-# group SIGKILLs itself on entering step KILL_STEP of epoch KILL_EPOCH, i.e. after every rank has
-# learnt that the end-of-epoch checkpoint before it was written. The marker file (created with
-# O_EXCL, holding the pid) makes it happen once: the replacement group's rank 1 trains on.
+# Rank 1 of the first worker group is killed on entering step KILL_STEP of epoch KILL_EPOCH,
+# i.e. after every rank has learnt that the end-of-epoch checkpoint before it was written.
 KILL_EPOCH, KILL_STEP = 1, 5
-KILL_ONCE = """
-import os, signal, sys
-import distnn.launch.ray_driver as driver
-from distnn.launch.ray_worker import Worker
-
-MARKER, EPOCH, STEP = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-
-
-def die_once():
-    try:
-        fd = os.open(MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    except FileExistsError:
-        return
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-class KilledOnce(Worker):
-    def run(self, rank, *args, **kwargs):
-        if rank == 1:
-            from distnn.train import loop
-            train_step = loop.Coordinator.train_step
-
-            def patched(coord, *a, **kw):
-                if (coord.state.epoch, coord.state.step_in_epoch) == (EPOCH, STEP):
-                    die_once()
-                return train_step(coord, *a, **kw)
-
-            loop.Coordinator.train_step = patched
-        return super().run(rank, *args, **kwargs)
-
-
-driver.Worker = KilledOnce
-from distnn.cli import main
-sys.exit(main(sys.argv[4:]))
-"""
 
 
 def test_killed_actor_is_replaced_and_resumes_bit_identical(head, tmp_path):
@@ -193,21 +90,8 @@ def test_killed_actor_is_replaced_and_resumes_bit_identical(head, tmp_path):
                        checkpoint={"every_epochs": 1})
     straight = ray_train(head, cfg, tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr
-    rd, script, marker = tmp_path / "killed", tmp_path / "kill_once.py", tmp_path / "killed.pid"
-    script.write_text(KILL_ONCE)
-    out = subprocess.run(
-        [sys.executable, str(script), str(marker), str(KILL_EPOCH), str(KILL_STEP), "train",
-         str(cfg), "--run-dir", str(rd), "--backend", "ray", "--workers", "2", "--address",
-         head.address, "--max-failures", "1"],
-        capture_output=True, text=True, timeout=300, env=ray_env())  # timeout: a hang guard
-    text = out.stdout + out.stderr
-    assert out.returncode == 0, text
-    assert marker.exists(), f"rank 1 never reached epoch {KILL_EPOCH} step {KILL_STEP}: {text}"
-    pid = int(marker.read_text())
-    assert f"rank 1 of 2 is pid {pid} " in text, text
-    assert re.search(rf"worker rank 1 \(pid {pid} on .*\) died .*restarting the worker group "
-                     rf"\(1 of --max-failures 1\) on 2 workers, resuming from .*last\.h5",
-                     text), text
+    rd = tmp_path / "killed"
+    train_killed_once(head, cfg, rd, KILL_EPOCH, KILL_STEP)
     # Killed in epoch 1: resumed from the end of epoch 0, each epoch validated once.
     assert [m["step"] for m in metrics(rd) if m["split"] == "val"] == [469, 2 * 469, 3 * 469]
     a, b = params(tmp_path / "straight/checkpoints/last.h5"), params(rd / "checkpoints/last.h5")
@@ -245,15 +129,12 @@ def test_checkpoint_moves_between_mpi_and_ray(head, tmp_path, first, then):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # its two-node twin (tests/distributed/test_ray_elastic.py) runs by default
 def test_ray_job_submit_runs_training(head, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", train={"epochs": 1, "max_steps": 6,
                                                    "global_batch": 32})
     rd = tmp_path / "job"
-    out = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{head.dash}", "--",
-         sys.executable, str(ROOT / "launch/ray_train.py"), str(cfg), "--workers", "2",
-         "--run-dir", str(rd)],
-        capture_output=True, text=True, timeout=240, env=ray_env())
+    out = job_submit(head, cfg, "--workers", "2", "--run-dir", rd)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
     assert "succeeded" in text and "test accuracy" in text, text
