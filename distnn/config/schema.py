@@ -134,10 +134,12 @@ class CommConfig:
     # ray: how collectives move data. auto: POSIX shared memory when every worker is on one
     # x86-64 node, else Ray's object store; object_store / shm: force one (shm needs one node).
     transport: str = "auto"
-    # Gradients travel in buckets of about this many MB, in reverse layer order; with overlap,
-    # a bucket's allreduce starts as soon as backward has finished its layers.
+    # overlap: gradients travel in buckets of about bucket_mb MB, in reverse layer order, each
+    # bucket's allreduce started as soon as backward has finished its layers (the same bits).
+    # Off by default: distnn puts a rank on every core, so communication has no core of its own
+    # (measured here: neutral under MPI, 15 % slower over Ray's object store; README).
     bucket_mb: float = 1.0
-    overlap: bool = True
+    overlap: bool = False
     compress: str = "none"  # none | bf16 | fp16: gradients sent in 16 bits, error feedback
 
 

@@ -128,7 +128,8 @@ def test_compressed_gradients_on_two_ranks_learn_the_quickstart(tmp_path):
     mini_mnist, as it does in float32 (tests/data/test_mini.py)."""
     mpiexec()
     out = run(["train", "--run-dir", str(tmp_path / "bf16"), "--set", "comm.compress=bf16",
-               "--set", "comm.bucket_mb=0.05", "--set", "train.consistency_every=1"], ranks=2)
+               "--set", "comm.overlap=true", "--set", "comm.bucket_mb=0.05",
+               "--set", "train.consistency_every=1"], ranks=2)
     assert out.returncode == 0, out.stderr
     accuracy = float(re.search(r"test accuracy ([0-9.]+)", out.stdout).group(1))
     assert accuracy >= 0.95, accuracy

@@ -113,8 +113,12 @@ def one_process(tmp_path_factory):
 def test_ray_workers_compute_the_bits_of_one_process(cluster, one_process, tmp_path, workers):
     head, _ = cluster
     rd = tmp_path / "run"
+    # 3 workers: the allreduce overlapped with backward (comm.overlap, the invariant step's
+    # exact sum bucket by bucket on the channels' threads) gives one process's bits too.
     out = distnn(["train", str(config(tmp_path)), "--run-dir", str(rd), "--backend", "ray",
-                  "--workers", str(workers), "--address", head.address], timeout=300)
+                  "--workers", str(workers), "--address", head.address,
+                  "--set", f"comm.overlap={str(workers == 3).lower()}",
+                  "--set", "comm.bucket_mb=0.01"], timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     [(n, nodes, transport)] = groups(out.stderr)
     if workers == 3:  # 2 on the head, 1 on the worker node: the object store between nodes
