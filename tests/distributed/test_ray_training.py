@@ -85,6 +85,7 @@ def test_init_from_and_a_frozen_prefix_on_ray_equal_one_process(head, tmp_path):
 KILL_EPOCH, KILL_STEP = 1, 5
 
 
+@pytest.mark.slow  # the suite's time budget: its two-node twin (test_ray_elastic.py) runs
 def test_killed_actor_is_replaced_and_resumes_bit_identical(head, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", train={"epochs": 3, "global_batch": 16},
                        checkpoint={"every_epochs": 1})
@@ -99,8 +100,10 @@ def test_killed_actor_is_replaced_and_resumes_bit_identical(head, tmp_path):
 
 
 @pytest.mark.parametrize("first,then", [
-    ("mpi", "ray"),
-    pytest.param("ray", "mpi", marks=pytest.mark.slow),  # the suite's time budget
+    # The suite's time budget: both directions are slow; the two-node and the MPI tests show
+    # that each backend computes one process's bits from the same checkpoint format.
+    pytest.param("mpi", "ray", marks=pytest.mark.slow),
+    pytest.param("ray", "mpi", marks=pytest.mark.slow),
 ])
 def test_checkpoint_moves_between_mpi_and_ray(head, tmp_path, first, then):
     """Epoch 1 on one backend, epoch 2 resumed from its last.h5 on the other, on another number

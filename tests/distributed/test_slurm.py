@@ -161,6 +161,7 @@ def ray_backend_reason() -> str | None:
     return "; ".join(reasons) or None
 
 
+@pytest.mark.slow  # the suite's time budget; the MPI job on the same cluster runs by default
 def test_ray_on_slurm_runs_to_completion(cluster, tmp_path):
     reason = ray_backend_reason()
     if reason:

@@ -60,7 +60,7 @@ def fault_rounds(tmp_path, seeds, ranks=None) -> list[str]:
 
 
 def test_kills_and_bit_flips(tmp_path):
-    outcomes = fault_rounds(tmp_path, range(5))
+    outcomes = fault_rounds(tmp_path, range(3))
     assert "resumed" in outcomes
 
 

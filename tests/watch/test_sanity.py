@@ -201,7 +201,7 @@ def test_too_few_steps_fail_the_overfit(capsys, tmp_path):
 
 
 def test_l2_that_adds_nothing_fails_regularisation(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(Sequential, "add_l2_", lambda self, coef: 0.0)
+    monkeypatch.setattr(Sequential, "l2_penalty", lambda self: 0.0)
     code, checks, _ = sanity(capsys, "quickstart")
     figure, ok = checks["regularisation"]
     assert not ok and figure.endswith("+0")
