@@ -67,6 +67,7 @@ class Lockstep:
             # Its own buffers are never used: drop every reference to them.
             rep.params = rep.grads = rep.grad_buffer = rep.state = np.empty(0, m.dtype)
             rep.decay_mask, rep._named, rep._decayed = np.empty(0, m.dtype), {}, []
+            rep.decayed_of = [[] for _ in rep.layers]
             for layer in rep.layers:
                 layer.g = {}
             self.replicas.append(rep)
