@@ -105,12 +105,13 @@ class DataParallelStep:
         if bucket_mb is not None:
             model.after_layer = self.overlap.layer_done
 
-    def _arm(self, loss_sum: float, correct: int, n: int):
+    def _arm(self, loss_sum: float, correct: int, n: int, earlier: bool = True):
         """For the last micro-batch under overlap: the hook that fills the scalar slots once
-        the loss is known (before the backward pass, which starts the buckets)."""
+        the loss is known (before the backward pass, which starts the buckets). `earlier`:
+        micro-batches before it this step (their sum, in self.acc, joins each bucket)."""
         if self.overlap is None:
             return None
-        self.overlap.arm(None if self.acc is None else self._add_earlier)
+        self.overlap.arm(self._add_earlier if self.acc is not None and earlier else None)
 
         def fill(value: float, right: int) -> None:
             self._fill(loss_sum + value, correct + right, n)
@@ -146,7 +147,7 @@ class DataParallelStep:
             for index, layer in self.dropouts:
                 layer.keys = sample_keys(self.seed, index, step, indices[sl])
             last = i == parts - 1
-            fill = self._arm(loss_sum, correct, n) if last else None
+            fill = self._arm(loss_sum, correct, n, earlier=i > 0) if last else None
             hook = None if fill is None else (
                 lambda value, scores, fill=fill, y=y[sl]: fill(value, _right(scores, y)))
             value, scores = model.forward_backward(x[sl], y[sl], self.loss, self.l2, global_count,
