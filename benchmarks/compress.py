@@ -18,6 +18,8 @@ import shutil
 from pathlib import Path
 
 from benchmarks.transfer import distnn, test_accuracy
+from distnn.config import load_config
+from distnn.nn import Sequential
 
 
 def accuracy_by_codec(codecs: list[str], epochs: int, ranks: int, out: Path,
@@ -46,9 +48,6 @@ def main(argv: list[str] | None = None) -> None:
            "OPENBLAS_NUM_THREADS": "1"}
     codecs = args.codecs.split(",")
     found = accuracy_by_codec(codecs, args.epochs, args.ranks, Path(args.out), env)
-    params = 0
-    from distnn.config import load_config
-    from distnn.nn import Sequential
     cfg = load_config("fashion_mnist")
     params = Sequential(list(cfg.model), (28, 28, 1)).params.size
     share = 2 * (args.ranks - 1) / args.ranks

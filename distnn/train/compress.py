@@ -42,6 +42,16 @@ def _bf16_decode(codes, out):
         bits[i] = np.uint32(codes[i]) << np.uint32(16)
 
 
+@njit
+def _bf16_add(codes, acc):
+    """acc += the values of `codes`, in float32, element by element."""
+    one = np.empty(1, np.uint32)
+    value = one.view(np.float32)
+    for i in range(codes.size):
+        one[0] = np.uint32(codes[i]) << np.uint32(16)
+        acc[i] += value[0]
+
+
 class Codec:
     """float32 <-> uint16 codes of one 16-bit float format."""
 
@@ -69,11 +79,12 @@ class Codec:
         """out = the codes of the float32 sum, in the order given, of the values of `parts`
         (every rank's codes of one chunk, in rank order). A Communicator `Combine`."""
         acc = np.empty(out.size, np.float32)
-        value = np.empty(out.size, np.float32)
         self.decode(parts[0], acc)
         for part in parts[1:]:
-            self.decode(part, value)
-            acc += value
+            if self.name == "bf16":
+                _bf16_add(part, acc)
+            else:
+                np.add(acc, part.view(np.float16), out=acc)  # float16 -> float32 exactly
         self.encode(acc, out)
 
 

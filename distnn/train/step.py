@@ -15,7 +15,7 @@ from distnn.data import micro_shares, split_bounds
 from distnn.nn.jit import njit
 from distnn.nn.lockstep import Group, Lockstep
 from distnn.nn.regularize import BatchNorm, Dropout, sample_keys
-from distnn.train.buckets import Overlap, plan
+from distnn.train.buckets import BLOCK, Overlap, plan
 from distnn.train.compress import Codec, ErrorFeedback
 from distnn.train.errors import ReplicaMismatch
 from distnn.train.exact import gather_sum
@@ -28,6 +28,18 @@ EXTRA_SLOTS = 4
 def _right(scores: np.ndarray, y: np.ndarray) -> int:
     """How many rows of `scores` have their largest score at the label."""
     return int(np.count_nonzero(scores.argmax(axis=1) == y))
+
+
+def _sums(results: list[tuple[float, int]], term: float) -> tuple[float, int]:
+    """A micro-batch's loss (each group's plus `term`, its share of the L2 penalty) and
+    correct count."""
+    loss_sum, correct = 0.0, 0
+    for value, right in results:
+        if term:
+            value += term
+        loss_sum += value
+        correct += right
+    return loss_sum, correct
 
 
 @dataclass
@@ -99,7 +111,7 @@ class DataParallelStep:
         model = self.model
         region = model.grads[model.train_offset:]
         self.feedback = ErrorFeedback(Codec(codec), region.size)
-        whole = 2.0 * region.size + 2 * 256
+        whole = 2.0 * (region.size + BLOCK)  # bytes of one bucket holding the whole region
         buckets = plan(model, 0, whole if bucket_mb is None else bucket_mb * 1e6, 2)
         self.overlap = Overlap(self.comm, region, buckets, self.feedback)
         if bucket_mb is not None:
@@ -197,28 +209,20 @@ class DataParallelStep:
             if not groups:
                 model.grads[...] = 0.0
             coef = self.l2 * (b - a) / global_count if self.l2 else 0.0
+            # Each group's share of the L2 penalty (the weights do not change in the pass).
+            term = coef * model.l2_penalty() if coef and groups else 0.0
             last = i == parts - 1
             fill = self._arm(loss_sum, correct, len(y)) if last else None
             hook = None if fill is None else (
-                lambda results, fill=fill, coef=coef: fill(*self._sums(results, coef)))
-            added, right = self._sums(lockstep.run(groups, count, global_count, step, self.seed,
-                                                   reduce, self.loss, coef, hook), coef)
+                lambda results, fill=fill, term=term: fill(*_sums(results, term)))
+            added, right = _sums(lockstep.run(groups, count, global_count, step, self.seed,
+                                              reduce, self.loss, coef, hook), term)
             loss_sum, correct = loss_sum + added, correct + right
             if not (last and self.overlap is not None):  # else added bucket by bucket
                 self._accumulate(i)
             a = b
         if self.acc is not None and self.overlap is None:
             model.grads[...] = self.acc
-        return loss_sum, correct
-
-    def _sums(self, results: list[tuple[float, int]], coef: float) -> tuple[float, int]:
-        """A micro-batch's loss (plus its share of the L2 penalty per group) and correct."""
-        loss_sum, correct = 0.0, 0
-        for value, right in results:
-            if coef:
-                value += coef * self.model.l2_penalty()
-            loss_sum += value
-            correct += right
         return loss_sum, correct
 
     def __call__(self, x, y, global_count: int, lr: float, stop_requested: bool,

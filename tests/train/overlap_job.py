@@ -10,17 +10,11 @@ import json
 import numpy as np
 
 from distnn.comm import create_communicator
-from distnn.data import group_plan
+from distnn.data import ShardSampler
 from distnn.optim import make_optimizer
 from distnn.train.invariant import InvariantStep
 from distnn.train.step import DataParallelStep
 from tests.train.test_overlap import BN, SMALL_MB, SPEC, batch, model_of
-
-
-def shard(comm, n, t):
-    x, y = batch(n, t)
-    lo, hi = comm.rank * n // comm.size, (comm.rank + 1) * n // comm.size
-    return x[lo:hi], y[lo:hi], np.arange(lo, hi) + t * n
 
 
 def run(comm, spec, invariant, mb):
@@ -33,18 +27,15 @@ def run(comm, spec, invariant, mb):
         step = DataParallelStep(model, make_optimizer("momentum", mu=0.9), comm, l2=1e-3,
                                 seed=1, bucket_mb=mb)
         tracker = step.overlap
+    n, steps = 32, 3
+    x, y = batch(n * steps)
+    # This rank's samples of each global batch (its groups' for the invariant step).
+    sampler = ShardSampler(n * steps, n, comm.rank, comm.size, 0, shuffle=False,
+                           groups=4 if invariant else 0)
     losses = []
-    for t in range(3):
-        n = 32
-        if invariant:  # the invariant step wants its groups' samples (ShardSampler(groups=))
-            x, y = batch(n, t)
-            idx = np.arange(n) + t * n
-            mine = [g for micro in group_plan(n, 4, 1, comm.size, comm.rank) for g in micro]
-            sel = np.concatenate([np.arange(a, b) for _, a, b in mine])
-            x, y, idx = x[sel], y[sel], idx[sel]
-        else:
-            x, y, idx = shard(comm, n, t)
-        res = step(x, y, n, 0.05, False, step=t, indices=idx)
+    for t in range(steps):
+        idx = sampler.local_indices(t)
+        res = step(x[idx], y[idx], n, 0.05, False, step=t, indices=idx)
         losses.append([res.loss, res.correct, res.count])
     return model.params.copy(), losses, tracker
 
