@@ -25,7 +25,11 @@ class ConfigError(ValueError):
 class DataConfig:
     dataset: str = "mini_mnist"
     data_dir: str | None = None
-    val_size: int = 0  # samples held out of the training split for validation (0: use test)
+    # Samples held out of the training split for validation (0: 10 % of it, at least 1;
+    # setup.load_splits). The test split is scored once, at the end, and never picks anything
+    # unless validate_on: test says so (a warning line).
+    val_size: int = 0
+    validate_on: str = "holdout"  # holdout | test (validation on the test split: warned)
     # Cross-validation: folds >= 2 cuts the training split into that many seeded folds; fold
     # `fold` is the validation set, the others are trained on (0: off; not with val_size).
     folds: int = 0
@@ -35,6 +39,13 @@ class DataConfig:
     train_size: int = 0
     augment: bool = False  # random crop (pad 4) + horizontal flip; off for digits
     normalize: bool = True
+    # What normalize does, with statistics of the training split only (distnn/data/preprocess):
+    # channel_mean_std (per channel) | mean_image (subtract the average image) | pca_whiten (the
+    # centred data in the covariance eigenbasis, each component / sqrt(eigenvalue + whiten_eps);
+    # pca_components: how many are kept, 0: all).
+    preprocess: str = "channel_mean_std"
+    pca_components: int = 0
+    whiten_eps: float = 1e-5
     prefetch: bool = True
 
 
@@ -45,6 +56,7 @@ class TrainConfig:
     grad_accum: int = 1
     loss: str = "softmax"
     l2: float = 0.0
+    l1: float = 0.0  # l1 * sum|w| over the weights, like l2; both together: the elastic net
     max_steps: int = 0  # stop after this many steps in total (0: no limit)
     eval_every_steps: int = 0  # validate every n steps as well as every epoch (0: epochs only)
     consistency_every: int = 200  # compare a parameter checksum across ranks every n steps
@@ -175,6 +187,8 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 CHOICES = {
     "train.loss": ("softmax", "svm"),
     "train.on_divergence": ("stop", "rollback"),
+    "data.validate_on": ("holdout", "test"),
+    "data.preprocess": ("channel_mean_std", "mean_image", "pca_whiten"),
     "optimizer.name": tuple(optim.RULES),
     "schedule.name": tuple(optim.SCHEDULES),
     "schedule.per": ("step", "epoch"),
@@ -186,9 +200,10 @@ CHOICES = {
 }
 POSITIVE = {"train.epochs", "train.global_batch", "train.grad_accum", "schedule.reference_batch",
             "checkpoint.keep_best", "checkpoint.keep_last", "comm.workers", "train.groups",
-            "comm.bucket_mb",
+            "comm.bucket_mb", "data.whiten_eps",
             "train.divergence_factor", "log.warn_window", "log.trace_mb"}
 NON_NEGATIVE = {"seed", "data.val_size", "data.train_size", "data.folds", "data.fold", "train.l2",
+                "train.l1", "data.pca_components",
                 "train.max_steps", "train.eval_every_steps", "train.consistency_every",
                 "train.threads", "train.clip_grad_norm", "train.max_rollbacks",
                 "early_stopping.patience", "early_stopping.min_delta",
