@@ -32,7 +32,8 @@ from distnn.config import (
     load_config,
     with_absolute_paths,
 )
-from distnn.data import Dataset, get_dataset, to_float
+from distnn.data import Dataset, Normalization, get_dataset, to_float
+from distnn.data.preprocess import image_shape_of
 from distnn.exit_codes import ExitCode
 from distnn.launch.rundir import resolve_run
 from distnn.nn import Sequential
@@ -42,7 +43,7 @@ from distnn.train.checkpoint import Snapshot, load_checkpoint
 from distnn.train.ensemble import softmax64
 from distnn.train.errors import CheckpointError, TrainingDiverged
 from distnn.train.evaluate import evaluate as evaluate_split
-from distnn.train.evaluate_checkpoint import saved_config, saved_network
+from distnn.train.evaluate_checkpoint import network_shape, saved_config, saved_network
 from distnn.train.setup import rank_threads
 
 __all__ = ["Model", "RunResult", "load", "train"]
@@ -104,9 +105,10 @@ def train(config: str | Path | Config | dict[str, Any] = "quickstart",
 
 class Model:
     """A trained network: its layers (`network`, a distnn.nn.Sequential), the normalisation of
-    its inputs (per-channel mean and std, or None) and the names of its classes."""
+    its inputs (per-channel (mean, std), a distnn.data.Preprocess for data.preprocess
+    mean_image or pca_whiten, or None) and the names of its classes."""
 
-    def __init__(self, network: Sequential, normalization: tuple[np.ndarray, np.ndarray] | None,
+    def __init__(self, network: Sequential, normalization: Normalization,
                  class_names: Sequence[str], loss: str = "softmax", pixels: bool = True) -> None:
         self.network, self.normalization = network, normalization
         self.class_names = tuple(str(c) for c in class_names)
@@ -115,8 +117,9 @@ class Model:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """The per-sample input shape, (H, W, C)."""
-        return self.network.input_shape
+        """The per-sample input shape, (H, W, C): the images predict takes (with pca_whiten,
+        not the network's (1, 1, k))."""
+        return image_shape_of(self.normalization, self.network.input_shape)
 
     def _inputs(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
@@ -175,13 +178,16 @@ def model_from(snap: Snapshot, path: Path, input_shape: Sequence[int] | None = N
     """The Model of a checkpoint snapshot: its architecture for the input shape it records (or
     `input_shape`, or its dataset's), its parameters, normalisation and class names."""
     cfg = saved_config(snap, path)
+    # The recorded shape is the network's; `input_shape` and a dataset's are images' shapes.
     shape, names = snap.inputs.get("input_shape"), snap.inputs.get("class_names")
     if input_shape is not None:
-        shape = input_shape
+        shape = network_shape(path, snap, tuple(input_shape),
+                              f"input_shape {tuple(input_shape)}")
     if shape is None or names is None:  # written before checkpoints recorded them
         data = get_dataset(cfg.data.dataset, "test", data_dir or cfg.data.data_dir,
                            download=False)
-        shape = shape if shape is not None else data.image_shape
+        if shape is None:
+            shape = network_shape(path, snap, data.image_shape, f"{data.name} images")
         names = names if names is not None else data.class_names
     network = saved_network(path, snap, cfg, tuple(shape))
     outputs = int(np.prod(network.output_shape))

@@ -23,6 +23,7 @@ from distnn.nn.lockstep import Lockstep
 from distnn.train.invariant import InvariantStep
 from distnn.train.run import TrainResult, train
 from distnn.train.step import DataParallelStep
+from tests.train.tiny import validate_on_test_unless_held_out
 
 DENSE = [{"type": "flatten"}, {"type": "dense", "units": 3}]
 CONV = [{"type": "conv", "filters": 4, "kernel": 3, "pad": 1}, {"type": "relu"},
@@ -66,6 +67,7 @@ def make_config(file: Path, **sections) -> Config:
             raw.setdefault(key, {}).update(value)
         else:
             raw[key] = value
+    validate_on_test_unless_held_out(raw["data"])
     return from_dict(raw)
 
 

@@ -37,8 +37,9 @@ def test_overrides_are_validated_like_yaml():
     ({"train": {"epoch": 3}}, r"unknown key\(s\) train\.epoch"),
     ({"trian": {}}, r"unknown key\(s\) trian"),
     ({"train": {"global_batch": 0}}, "train.global_batch: 0 must be > 0"),
+    ({"train": {"l1": -0.1}}, r"^train\.l1: -0\.1 must be >= 0$"),  # one line
     ({"optimizer": {"mu": 1.5}}, r"optimizer.mu: 1.5 must be in \[0, 1\)"),
-    ({"optimizer": {"name": "lbfgs"}}, "optimizer.name: 'lbfgs' is not one of"),
+    ({"optimizer": {"name": "bfgs"}}, "optimizer.name: 'bfgs' is not one of"),
     ({"data": {"augment": "yes"}}, "data.augment: 'yes' is not a boolean"),
     ({"model": "resnet"}, "model: 'resnet' is not a list"),
     ({"schedule": {"base_lr": -1}}, "schedule.base_lr: -1.0 must be > 0"),
@@ -53,6 +54,17 @@ def test_overrides_are_validated_like_yaml():
     ({"comm": {"overlap": "yes"}}, "comm.overlap: 'yes' is not a boolean"),
     ({"comm": {"compress": "bf16"}, "train": {"invariant": True}},
      "comm.compress: bf16 with train.invariant: true; expected compress none"),
+    ({"data": {"validate_on": "val"}}, "data.validate_on: 'val' is not one of holdout, test"),
+    ({"data": {"validate_on": "test", "val_size": 100}},
+     "data.validate_on: test with data.val_size 100, expected one validation set"),
+    ({"data": {"validate_on": "test", "folds": 5}},
+     "data.validate_on: test with data.folds 5, expected one validation set"),
+    ({"data": {"preprocess": "zca"}},
+     "data.preprocess: 'zca' is not one of channel_mean_std, mean_image, pca_whiten"),
+    ({"data": {"preprocess": "mean_image", "pca_components": 10}},
+     "data.pca_components: 10 with data.preprocess mean_image; expected 0"),
+    ({"data": {"pca_components": -1}}, "data.pca_components: -1 must be >= 0"),
+    ({"data": {"whiten_eps": 0}}, "data.whiten_eps: 0.0 must be > 0"),
 ])
 def test_bad_values_name_the_key(raw, match):
     with pytest.raises(ConfigError, match=match):

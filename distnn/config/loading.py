@@ -9,6 +9,7 @@ a one-line ConfigError naming the file (or the --set value), the line and column
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -154,6 +155,16 @@ def from_dict(raw: dict) -> Config:
             layers = nn.build_layers(cfg.model)
     check_transfer(cfg, layers)
     check_folds(cfg.data)
+    if not cfg.data.normalize and cfg.data.preprocess != "channel_mean_std":
+        raise ConfigError(f"data.preprocess: {cfg.data.preprocess} with data.normalize: false; "
+                          f"expected data.normalize: true (it turns preprocessing on), or "
+                          f"preprocess channel_mean_std")
+    if cfg.data.pca_components and cfg.data.preprocess != "pca_whiten":
+        raise ConfigError(f"data.pca_components: {cfg.data.pca_components} with data.preprocess "
+                          f"{cfg.data.preprocess}; expected 0 (the key sets pca_whiten's "
+                          f"components)")
+    if cfg.optimizer.name == "lbfgs":
+        check_full_batch(cfg, layers)
     t = cfg.train
     if t.groups > MAX_GROUPS:
         raise ConfigError(f"train.groups: {t.groups}, expected at most {MAX_GROUPS}")
@@ -180,9 +191,39 @@ def check_folds(d: DataConfig) -> None:
     if d.folds == 0 and d.fold > 0:
         raise ConfigError(f"data.fold: {d.fold} with data.folds 0 (off), expected 0 or "
                           f"data.folds >= 2")
+    if d.validate_on == "test" and (d.val_size > 0 or d.folds >= 2):
+        what = f"data.val_size {d.val_size}" if d.val_size else f"data.folds {d.folds}"
+        raise ConfigError(f"data.validate_on: test with {what}, expected one validation set "
+                          f"(validate_on holdout with val_size/folds, or validate_on test alone)")
     if d.folds >= 2 and d.val_size > 0:
         raise ConfigError(f"data.val_size: {d.val_size} with data.folds {d.folds}, expected "
                           f"one of them (val_size 0 with folds, or folds 0 with val_size)")
+
+
+def check_full_batch(cfg: Config, layers) -> None:
+    """optimizer lbfgs: the full-batch objective must be deterministic ("turn off every source
+    of noise"), and the line search picks every step (no schedule, no multipliers)."""
+    why = "lbfgs needs a deterministic full-batch objective"
+    for layer in layers:
+        if layer.kind == "dropout" and layer.rate > 0:
+            raise ConfigError(f"model: dropout layer {layer.name!r} (rate {layer.rate:g}) with "
+                              f"optimizer lbfgs; expected no dropout ({why})")
+        if layer.kind == "batchnorm":
+            raise ConfigError(f"model: batchnorm layer {layer.name!r} with optimizer lbfgs; "
+                              f"expected none ({why}: batch statistics depend on how the "
+                              f"full batch is cut)")
+    checks = [("data.augment", cfg.data.augment, "false"),
+              ("comm.compress", cfg.comm.compress != "none", "none"),
+              ("comm.overlap", cfg.comm.overlap, "false"),
+              ("train.grad_accum", cfg.train.grad_accum != 1, "1"),
+              ("train.clip_grad_norm", cfg.train.clip_grad_norm > 0, "0"),
+              ("optimizer.lr_mult", bool(cfg.optimizer.lr_mult), "none"),
+              ("schedule.name", cfg.schedule.name != "constant", "constant")]
+    for key, bad, expected in checks:
+        if bad:
+            value = functools.reduce(getattr, key.split("."), cfg)
+            raise ConfigError(f"{key}: {value!r} with optimizer lbfgs; expected {expected} "
+                              f"({why}; its line search picks every step)")
 
 
 def _scaled_context(exc: ValueError, cfg: Config) -> ValueError:

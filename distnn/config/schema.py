@@ -82,8 +82,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """`optimizer:` an update rule of distnn.optim.RULES. `params`: its hyper-parameters as the
-    rule declares them (checked, defaults filled in), written flat beside `name` in the YAML."""
+    """`optimizer:` one of distnn.optim.OPTIMIZERS (the update rules, and lbfgs). `params`: its
+    hyper-parameters as the rule declares them (checked, defaults filled in), written flat
+    beside `name` in the YAML."""
 
     name: str = "momentum"
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -189,7 +190,7 @@ CHOICES = {
     "train.on_divergence": ("stop", "rollback"),
     "data.validate_on": ("holdout", "test"),
     "data.preprocess": ("channel_mean_std", "mean_image", "pca_whiten"),
-    "optimizer.name": tuple(optim.RULES),
+    "optimizer.name": tuple(optim.OPTIMIZERS),
     "schedule.name": tuple(optim.SCHEDULES),
     "schedule.per": ("step", "epoch"),
     "early_stopping.monitor": ("val_loss", "val_accuracy"),

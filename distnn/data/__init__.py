@@ -15,6 +15,7 @@ from distnn.data.datasets import get_dataset
 from distnn.data.errors import CorruptFileError, DataError, DatasetNotFoundError, UnsafePickleError
 from distnn.data.hdf5 import H5Dataset, write_h5
 from distnn.data.iterator import BatchIterator, prepare_batch
+from distnn.data.preprocess import Normalization, Preprocess
 from distnn.data.sampler import (
     ShardSampler,
     eval_indices,
@@ -29,7 +30,8 @@ DATASETS = tuple(SPECS)
 
 __all__ = [
     "ArrayDataset", "BatchIterator", "CorruptFileError", "DATASETS", "DataError", "Dataset",
-    "DatasetNotFoundError", "H5Dataset", "RandomCropFlip", "ShardSampler", "UnsafePickleError",
+    "DatasetNotFoundError", "H5Dataset", "Normalization", "Preprocess", "RandomCropFlip",
+    "ShardSampler", "UnsafePickleError",
     "compute_normalization", "eval_indices", "get_dataset", "group_plan", "micro_counts",
     "micro_shares", "prepare_batch", "resolve_data_dir", "split_bounds", "to_float", "write_h5",
 ]

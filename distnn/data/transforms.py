@@ -54,7 +54,10 @@ def value_scale(dtype: np.dtype) -> float:
 def to_float(images: np.ndarray, normalization=None) -> np.ndarray:
     """uint8 (n, H, W, C) -> float32 (n, H, W, C): x / 255 (float32 codes: x), then
     (x - mean) / std per channel if normalization=(mean (C,), std (C,)) is given. One fused
-    multiply-add pass."""
+    multiply-add pass. A distnn.data.preprocess.Preprocess (mean_image, pca_whiten) applies
+    itself instead (pca_whiten gives (n, 1, 1, k))."""
+    if normalization is not None and hasattr(normalization, "apply"):
+        return normalization.apply(images)
     scale = np.full(images.shape[-1], 1.0 / value_scale(images.dtype), dtype=np.float32)
     if normalization is None:
         return np.multiply(images, scale, dtype=np.float32)

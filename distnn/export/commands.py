@@ -23,13 +23,14 @@ from distnn import console
 from distnn.comm import create_communicator
 from distnn.console import one_line
 from distnn.data import DataError, Dataset, get_dataset
+from distnn.data.preprocess import image_shape_of
 from distnn.data.transforms import value_scale
 from distnn.exit_codes import ExitCode
 from distnn.export.onnx_graph import TOLERANCE, ExportError, check, input_dims, to_onnx
 from distnn.nn import Sequential
 from distnn.train.checkpoint import Snapshot, replace_atomically
 from distnn.train.errors import CheckpointError
-from distnn.train.evaluate_checkpoint import read_saved, saved_network
+from distnn.train.evaluate_checkpoint import network_shape, read_saved, saved_network
 
 HELP = "the trained network of a checkpoint as an ONNX graph, checked by ONNX Runtime"
 CHECK_IMAGES = 256  # images --check runs through both
@@ -95,13 +96,14 @@ def main(args: argparse.Namespace) -> int:
         console.err(f"distnn export: --onnx {out}: cannot be written: {one_line(exc)}")
         return ExitCode.WRITE_FAILED
     values = "0..255" if scale == 255 else "float32 codes as stored"
-    dims = ", ".join(str(d) for d in input_dims(model))
+    image_shape = image_shape_of(snap.normalization, model.input_shape)
+    dims = ", ".join(str(d) for d in input_dims(model, image_shape))
     k = model.output_shape[0]
     print(f"wrote {out} (opset {args.opset}, input images float32 ({dims}) {values}, outputs "
           f"scores and probabilities, {k} classes)")
     if not args.check:
         return ExitCode.OK
-    images, where = check_images(model, data)
+    images, where = check_images(image_shape, data)
     try:
         diff = check(model, snap.normalization, proto, images)
     except Exception as exc:  # onnxruntime's errors are pybind11 classes of its own
@@ -142,11 +144,15 @@ def load_network(path: Path, shape: tuple[int, ...] | None, data_dir: str | None
     """(model with the saved parameters, Snapshot, class names or None, the test split of the
     checkpoint's dataset or None). The input shape is `shape`, else the one the checkpoint
     records, else its dataset's. The dataset is opened when needed (no shape), wanted (a
-    check), or an HDF5 file (whose values may be float32 codes rather than pixels)."""
+    check), or an HDF5 file (whose values may be float32 codes rather than pixels).
+    `shape` and a dataset's are images' shapes, the recorded one the network's (they differ
+    with pca_whiten: (1, 1, k))."""
     snap, cfg = read_saved(path, create_communicator("local"))
     names = snap.inputs.get("class_names")
-    shape = shape or (tuple(snap.inputs["input_shape"]) if "input_shape" in snap.inputs
-                      else None)
+    if shape is not None:
+        shape = network_shape(path, snap, shape, f"--input-shape {','.join(map(str, shape))}")
+    else:
+        shape = tuple(snap.inputs["input_shape"]) if "input_shape" in snap.inputs else None
     data = None
     if shape is None or want_data or str(cfg.data.dataset).lower().endswith((".h5", ".hdf5")):
         data = open_dataset(cfg, data_dir)
@@ -155,16 +161,17 @@ def load_network(path: Path, shape: tuple[int, ...] | None, data_dir: str | None
             raise CheckpointError(f"{path}: records no input shape and its dataset "
                                   f"{cfg.data.dataset!r} is not at hand; pass --input-shape "
                                   f"H,W,C (or --data-dir)")
-        shape = tuple(data.image_shape)
+        shape = network_shape(path, snap, tuple(data.image_shape), f"{data.name} images")
         names = names or list(data.class_names)
     return saved_network(path, snap, cfg, shape), snap, names, data
 
 
-def check_images(model: Sequential, data: Dataset | None) -> tuple[np.ndarray, str]:
+def check_images(image_shape: tuple[int, ...], data: Dataset | None) -> tuple[np.ndarray, str]:
     """Up to CHECK_IMAGES images for --check, and what they are ("" or "random "): evenly
-    spaced ones of `data` when it holds the model's input shape, else random uint8 pixels."""
-    if data is not None and len(data) and tuple(data.image_shape) == model.input_shape:
+    spaced ones of `data` when it holds images of `image_shape` (the graph's input), else
+    random uint8 pixels."""
+    if data is not None and len(data) and tuple(data.image_shape) == tuple(image_shape):
         idx = np.unique(np.linspace(0, len(data) - 1, min(CHECK_IMAGES, len(data))).round())
         return data.read(idx.astype(np.int64)), ""
     rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (CHECK_IMAGES, *model.input_shape), dtype=np.uint8), "random "
+    return rng.integers(0, 256, (CHECK_IMAGES, *image_shape), dtype=np.uint8), "random "

@@ -4,8 +4,14 @@ The graph takes what an image file holds: input `images`, float32 (N, C, H, W) w
 batch dimension N, raw pixel values 0..255 (a uint8 image cast to float). The normalisation
 distnn applies before its first layer (`distnn.data.to_float`: x / 255, then (x - mean) / std
 per channel) is part of the graph, as its own nodes: Mul by 1/255, then Sub mean and Div std
-with constants shaped (1, C, 1, 1) when the checkpoint has a normalisation. Outputs: `scores`
-(N, K), what distnn's forward gives, and `probabilities` (N, K), their softmax over axis 1.
+with constants shaped (1, C, 1, 1) when the checkpoint has a normalisation. The other kinds of
+data.preprocess (distnn/data/preprocess.py): mean_image is a Sub of the mean image (1, C, H, W);
+pca_whiten is a Transpose to NHWC and a Flatten (distnn's H, W, C order), a Sub of the mean
+(1, D), a MatMul by the (D, k) whitening matrix (eigenvectors already divided by
+sqrt(eigenvalue + eps)) and a Reshape to the network's input (1, 1, k), NCHW (N, k, 1, 1); the
+graph's input is then the images the preprocessing was fitted on, not the network's input.
+Outputs: `scores` (N, K), what distnn's forward gives, and `probabilities` (N, K), their
+softmax over axis 1.
 
 Layout: distnn's image maps are NHWC, ONNX's Conv and pooling operators want NCHW. The graph
 keeps maps in NCHW (filters transposed once, here) and goes back to NHWC only where the order of
@@ -21,6 +27,7 @@ per-sample input shape (H, W, C).
     flatten          Transpose NCHW -> NHWC, Flatten (nothing for a (N, D) input)
     dense            Gemm (x @ W + b; W (D, U) as it is)
     relu, tanh, ...  Relu, LeakyRelu (alpha), Elu (alpha), Tanh, Sigmoid
+    prelu            PRelu (slopes a (C,) as (C, 1, 1) on NCHW maps, (D,) on vectors)
     dropout          nothing (identity in evaluation)
     batchnorm        BatchNormalization (running mean and variance, gamma, beta, eps)
     maxout           Reshape (N, U*k, ...) -> (N, U, k, ...), ReduceMax over axis 2
@@ -36,9 +43,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distnn.data.preprocess import Normalization, Preprocess, as_preprocess, image_shape_of
 from distnn.data.transforms import to_float
 from distnn.nn import Sequential
-from distnn.nn.activations import ELU, LeakyReLU, Maxout, ReLU, Sigmoid, Tanh
+from distnn.nn.activations import ELU, LeakyReLU, Maxout, PReLU, ReLU, Sigmoid, Tanh
 from distnn.nn.base import Layer
 from distnn.nn.conv import Conv2D
 from distnn.nn.dense import Dense, Flatten
@@ -121,6 +129,15 @@ def _elementwise(op: str, alpha: bool = False) -> Callable[[_Graph, Any, str], s
     return emit
 
 
+def _prelu(g: _Graph, layer: PReLU, x: str) -> str:
+    # ONNX broadcasts the slope from the right (unidirectionally): one per channel of axis 1
+    # is (C, 1, 1) against (N, C, H, W), (D,) against (N, D).
+    a = layer.p["a"]
+    image = len(layer.in_shape or ()) == 3
+    slope = g.const(f"{layer.name}/a", a.reshape(-1, 1, 1) if image else a)
+    return g.node("PRelu", [x, slope], f"{layer.name}/out")
+
+
 def _dropout(g: _Graph, layer: Dropout, x: str) -> str:
     return x  # inverted dropout: the identity in evaluation
 
@@ -153,7 +170,7 @@ EMITTERS: dict[type[Layer], Callable[[_Graph, Any, str], str]] = {
     Conv2D: _conv, MaxPool2D: _pool("MaxPool"), AvgPool2D: _pool("AveragePool"),
     GlobalAvgPool: _global_avg_pool, Flatten: _flatten, Dense: _dense,
     ReLU: _elementwise("Relu"), LeakyReLU: _elementwise("LeakyRelu", alpha=True),
-    ELU: _elementwise("Elu", alpha=True), Tanh: _elementwise("Tanh"),
+    PReLU: _prelu, ELU: _elementwise("Elu", alpha=True), Tanh: _elementwise("Tanh"),
     Sigmoid: _elementwise("Sigmoid"), Dropout: _dropout, BatchNorm: _batchnorm, Maxout: _maxout,
 }
 
@@ -180,19 +197,63 @@ def check_exportable(model: Sequential, opset: int = 17) -> None:
                           f"per sample; expected (K,), one score per class")
 
 
-def input_dims(model: Sequential) -> list[int | str]:
-    """The dims of the graph's input: ["N", C, H, W] for images (H, W, C), ["N", D] else."""
-    shape = model.input_shape
+def input_dims(model: Sequential,
+               image_shape: tuple[int, ...] | None = None) -> list[int | str]:
+    """The dims of the graph's input: ["N", C, H, W] for images (H, W, C), ["N", D] else; of
+    `image_shape` when given (pca_whiten's images), else of the network's input."""
+    shape = tuple(image_shape) if image_shape is not None else model.input_shape
     return ["N", shape[2], shape[0], shape[1]] if len(shape) == 3 else ["N", shape[0]]
 
 
-def to_onnx(model: Sequential, normalization: tuple[np.ndarray, np.ndarray] | None, *,
+def _channel_mean_std(g: _Graph, pre: Preprocess, model: Sequential, x: str) -> str:
+    channels = model.input_shape[-1]
+    bcast = (1, channels, 1, 1) if len(model.input_shape) == 3 else (1, channels)
+    mean, std = pre.arrays["mean"], pre.arrays["std"]
+    if mean.shape != (channels,) or std.shape != (channels,):
+        raise ExportError(f"normalisation of {mean.shape} / {std.shape} values for inputs "
+                          f"{model.input_shape}; expected ({channels},), one per channel")
+    x = g.node("Sub", [x, g.const("images/mean", mean.reshape(bcast))], "images/centred")
+    return g.node("Div", [x, g.const("images/std", std.reshape(bcast))], "images/normalized")
+
+
+def _mean_image(g: _Graph, pre: Preprocess, model: Sequential, x: str) -> str:
+    mean = pre.arrays["mean_image"]  # (H, W, C)
+    if mean.shape != model.input_shape:
+        raise ExportError(f"mean_image of shape {mean.shape} for inputs {model.input_shape}; "
+                          f"expected the same shape")
+    nchw = mean.transpose(2, 0, 1)[None]
+    return g.node("Sub", [x, g.const("images/mean_image", nchw)], "images/centred")
+
+
+def _pca_whiten(g: _Graph, pre: Preprocess, model: Sequential, x: str) -> str:
+    k = pre.components
+    if model.input_shape != (1, 1, k):
+        raise ExportError(f"pca_whiten of {k} components for inputs {model.input_shape}; "
+                          f"expected inputs (1, 1, {k})")
+    nhwc = g.node("Transpose", [x], "images/nhwc", perm=[0, 2, 3, 1])
+    flat = g.node("Flatten", [nhwc], "images/flat", axis=1)  # (N, D) in H, W, C order
+    mean = pre.arrays["pca_mean"].reshape(1, -1)
+    x = g.node("Sub", [flat, g.const("images/pca_mean", mean)], "images/centred")
+    x = g.node("MatMul", [x, g.const("images/pca_whitening", pre.arrays["pca_whitening"])],
+               "images/whitened")  # (N, k)
+    shape = g.const("images/shape", [-1, k, 1, 1], np.int64)  # NCHW of (1, 1, k)
+    return g.node("Reshape", [x, shape], "images/normalized")
+
+
+PREPROCESSORS: dict[str, Callable[[_Graph, Preprocess, Sequential, str], str]] = {
+    "channel_mean_std": _channel_mean_std, "mean_image": _mean_image, "pca_whiten": _pca_whiten,
+}
+
+
+def to_onnx(model: Sequential, normalization: Normalization, *,
             opset: int = 17, name: str = "distnn", value_scale: float = 255.0,
             class_names: Sequence[str] | None = None) -> onnx.ModelProto:
     """The ONNX model of `model` in evaluation mode, checked by `onnx.checker`.
 
-    normalization: (mean (C,), std (C,)) of the checkpoint, or None: the graph's first nodes
-    apply it (Mul 1/value_scale, Sub mean, Div std), so `images` holds raw values. value_scale:
+    normalization: (mean (C,), std (C,)) of the checkpoint, a Preprocess (mean_image,
+    pca_whiten), or None: the graph's first nodes apply it (Mul 1/value_scale, then Sub mean
+    and Div std; Sub mean image; or pca_whiten's nodes, whose input is the images it was fitted
+    on), so `images` holds raw values. value_scale:
     255 for uint8 pixels (images float32 (N, C, H, W) 0..255), 1 for the float32 codes of a
     features file. class_names, when given, are stored as metadata ("class_names", JSON).
     ExportError (before anything is built) for a network with no ONNX form."""
@@ -203,18 +264,16 @@ def to_onnx(model: Sequential, normalization: tuple[np.ndarray, np.ndarray] | No
 
     check_exportable(model, opset)
     g = _Graph(opset)
-    channels = model.input_shape[-1]
-    bcast = (1, channels, 1, 1) if len(model.input_shape) == 3 else (1, channels)
+    try:
+        pre = as_preprocess(normalization)
+    except ValueError as exc:
+        raise ExportError(f"normalisation: {exc}") from None
+    dims = input_dims(model, image_shape_of(normalization, model.input_shape))
     x = "images"
     if value_scale != 1:
         x = g.node("Mul", [x, g.const("images/scale", 1.0 / value_scale)], "images/scaled")
-    if normalization is not None:
-        mean, std = (np.asarray(a, np.float32) for a in normalization)
-        if mean.shape != (channels,) or std.shape != (channels,):
-            raise ExportError(f"normalisation of {mean.shape} / {std.shape} values for inputs "
-                              f"{model.input_shape}; expected ({channels},), one per channel")
-        x = g.node("Sub", [x, g.const("images/mean", mean.reshape(bcast))], "images/centred")
-        x = g.node("Div", [x, g.const("images/std", std.reshape(bcast))], "images/normalized")
+    if pre is not None:
+        x = PREPROCESSORS[pre.kind](g, pre, model, x)
     for layer in model.layers:
         x = EMITTERS[type(layer)](g, layer, x)
     g.node("Identity", [x], "scores")
@@ -222,14 +281,14 @@ def to_onnx(model: Sequential, normalization: tuple[np.ndarray, np.ndarray] | No
     k = model.output_shape[0]
     graph = helper.make_graph(
         g.nodes, name,
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, input_dims(model))],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, dims)],
         [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", k])
          for out in ("scores", "probabilities")],
         initializer=g.constants)
     opsets = [helper.make_opsetid("", opset)]
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="distnn",
                               ir_version=helper.find_min_ir_version_for(opsets),
-                              doc_string=f"input images: float32 {tuple(input_dims(model))}, "
+                              doc_string=f"input images: float32 {tuple(dims)}, "
                                          f"values 0..{value_scale:g}; outputs scores and "
                                          f"probabilities (N, {k})")
     if class_names is not None:
@@ -259,7 +318,7 @@ def run_onnx(onnx_model: onnx.ModelProto, images: np.ndarray) -> tuple[np.ndarra
     return scores, probabilities
 
 
-def check(model: Sequential, normalization: tuple[np.ndarray, np.ndarray] | None,
+def check(model: Sequential, normalization: Normalization,
           onnx_model: onnx.ModelProto, images: np.ndarray) -> float:
     """The largest difference between ONNX Runtime's `scores` and distnn's
     `model.predict(to_float(images, normalization))` on `images` (n, H, W, C) uint8, NHWC as

@@ -1,4 +1,5 @@
-"""Elementwise activations and Maxout. Shapes are preserved except by Maxout (last axis / k)."""
+"""Elementwise activations, PReLU and Maxout. Shapes are preserved except by Maxout (last axis
+/ k)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import numpy as np
 from distnn.nn import kernels
 from distnn.nn.base import Layer, is_number
 from distnn.nn.errors import ShapeError, SpecError
+from distnn.nn.jit import njit
 
 
-def _check_alpha(layer, alpha):
+def _check_alpha(layer, alpha, key="alpha"):
     if not is_number(alpha) or not 0 <= alpha < math.inf:
-        raise SpecError(f"{layer.name}: alpha={alpha!r}, expected a finite number >= 0")
+        raise SpecError(f"{layer.name}: {key}={alpha!r}, expected a finite number >= 0")
     return float(alpha)
 
 
@@ -57,6 +59,75 @@ class LeakyReLU(Layer):
 
     def backward(self, dout):
         return np.where(self._x > 0, dout, self.dtype.type(self.alpha) * dout)
+
+
+@njit
+def prelu_forward(x2d, a, out2d):
+    """out2d (M, C) = x2d where x2d > 0, else a[c] * x2d (channel c: the column)."""
+    m, c = x2d.shape
+    for r in range(m):
+        for k in range(c):
+            v = x2d[r, k]
+            out2d[r, k] = v if v > 0.0 else a[k] * v
+
+
+@njit
+def prelu_backward_(dout2d, x2d, a, da, input_grad):
+    """One pass over dout2d (M, C): da (C,) float64 = column sums of dout2d * x2d where
+    x2d <= 0, added row by row in order (the same bits on any thread count); then, if
+    `input_grad`, in place dout2d *= a[c] where x2d <= 0 (d(loss)/d(x))."""
+    m, c = dout2d.shape
+    da[:] = 0.0
+    for r in range(m):
+        for k in range(c):
+            v = x2d[r, k]
+            if not v > 0.0:
+                g = dout2d[r, k]
+                da[k] += np.float64(g) * np.float64(v)  # exact for float32 (float() is not)
+                if input_grad:
+                    dout2d[r, k] = a[k] * g
+
+
+class PReLU(Layer):
+    """x if x > 0 else a_c * x, with a learned slope a_c per channel (the last axis: C of an
+    NHWC map, D of (N, D) vectors; He et al. 2015). Parameter a (C,), starting at `init`
+    everywhere; never weight-decayed. The slope gradient is summed in float64 and rounded once.
+    """
+
+    kind = "prelu"
+
+    def __init__(self, init: float = 0.25, name=None):
+        super().__init__(name)
+        self.init = _check_alpha(self, init, "init")
+
+    def param_shapes(self):
+        return {"a": (self.in_shape[-1],)}
+
+    def init_params(self, rng):
+        self.p["a"][...] = self.init
+
+    def forward(self, x, training):
+        self.check_input(x)
+        c = x.shape[-1]
+        out = self.buffer("out", x.shape)
+        # A view for every array a layer hands on; a copy only for a strided caller's array.
+        prelu_forward(x.reshape(-1, c), self.p["a"], out.reshape(-1, c))
+        self._x = x
+        return out
+
+    def backward(self, dout):
+        c = dout.shape[-1]
+        if not dout.flags.c_contiguous:  # written in place below: a reshape must be a view
+            dout = np.ascontiguousarray(dout)
+        da = self.buffer("da", (c,), np.float64)
+        # In place: the layer after us is done with dout.
+        prelu_backward_(dout.reshape(-1, c), self._x.reshape(-1, c), self.p["a"], da,
+                        self.input_grad)
+        self.g["a"][...] = da
+        return dout if self.input_grad else None
+
+    def describe(self):
+        return f"prelu init={self.init:g}"
 
 
 class ELU(Layer):

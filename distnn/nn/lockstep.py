@@ -80,13 +80,14 @@ class Lockstep:
     def run(self, groups: Sequence[Group], count: int, denom: int, step: int, seed: int,
             reduce: Reduce, loss: str, l2: float = 0.0,
             before_backward: Callable[[list[tuple[float, int]]], None] | None = None,
-            ) -> list[tuple[float, int]]:
+            l1: float = 0.0) -> list[tuple[float, int]]:
         """Forward and backward of every group, training mode. `count`: samples of the batch
         (all groups, all ranks) a synced BatchNorm normalises over (one that does not sync: this
         rank's groups); `denom`: what divides the summed loss of kind `loss` (a key of LOSSES).
         Returns each group's (loss sum / denom, correct), also handed to `before_backward`
-        before the backward pass. Each group's decayed weights get l2 * W added to their
-        gradients once their layer is done, then the model's `after_layer` hook is called.
+        before the backward pass. Each group's decayed weights get l2 * W, then l1 * sign(W),
+        added to their gradients once their layer is done, then the model's `after_layer` hook
+        is called.
         Collective when a BatchNorm layer syncs (see `reduce`). `step` and `seed` key the
         dropout masks."""
         fn = LOSSES[loss]
@@ -127,6 +128,11 @@ class Lockstep:
                     for lay in mine:
                         for name in layer.decayed():
                             lay.g[name] += l2 * layer.p[name]
+                if l1:  # the same term for every group: computed once
+                    for name in layer.decayed():
+                        term = self.model.l1_term(layer.p[name], l1)
+                        for lay in mine:
+                            lay.g[name] += term
                 if self.model.after_layer is not None:
                     self.model.after_layer(i)
         return results

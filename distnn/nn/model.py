@@ -19,11 +19,12 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import DTypeLike
 
-from distnn.nn.activations import ELU, LeakyReLU, Maxout, ReLU, Sigmoid, Tanh
+from distnn.nn.activations import ELU, LeakyReLU, Maxout, PReLU, ReLU, Sigmoid, Tanh
 from distnn.nn.base import Layer
 from distnn.nn.conv import Conv2D
 from distnn.nn.dense import Dense, Flatten
 from distnn.nn.errors import SpecError, StateError
+from distnn.nn.jit import njit
 from distnn.nn.losses import LOSSES
 from distnn.nn.pool import AvgPool2D, GlobalAvgPool, MaxPool2D
 from distnn.nn.regularize import BatchNorm, Dropout
@@ -31,7 +32,7 @@ from distnn.nn.regularize import BatchNorm, Dropout
 LAYERS: dict[str, type[Layer]] = {
     cls.kind: cls
     for cls in (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool, Dense, Flatten, ReLU, LeakyReLU,
-                ELU, Tanh, Sigmoid, Maxout, Dropout, BatchNorm)
+                PReLU, ELU, Tanh, Sigmoid, Maxout, Dropout, BatchNorm)
 }
 _ALIGN = 16  # elements: each view starts on a 64-byte boundary for float32 BLAS/SIMD
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")  # a layer name: a key in checkpoints
@@ -178,6 +179,7 @@ class Sequential:
         self._named: dict[str, np.ndarray] = {}
         self._decayed: list[tuple[np.ndarray, np.ndarray]] = []
         self.decayed_of: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in self.layers]
+        self._l1_work = np.empty(0, self.dtype)  # l1_term's scratch, allocated on first use
         index = {id(layer): i for i, layer in enumerate(self.layers)}
         for layer, name, shape, off in pslots:
             size = int(np.prod(shape))
@@ -206,10 +208,11 @@ class Sequential:
         return x.copy() if np.may_share_memory(x, given) else x
 
     def backward(self, dout: np.ndarray, overwrite: bool = False,
-                 l2: float = 0.0) -> np.ndarray | None:
+                 l2: float = 0.0, l1: float = 0.0) -> np.ndarray | None:
         """Back-propagate d(loss)/d(scores) after a forward pass; overwrites model.grads (those
-        of the trained layers: the frozen prefix is not visited, see freeze), adding l2 * W to
-        the gradient of each decayed weight as soon as its layer is done (then `after_layer`).
+        of the trained layers: the frozen prefix is not visited, see freeze), adding l2 * W and
+        then l1 * sign(W) to the gradient of each decayed weight as soon as its layer is done
+        (then `after_layer`).
         Returns d(loss)/d(inputs) for a model built with input_grad=True (and nothing frozen),
         else None. `dout` is left as it was (layers work in place on what they are given: a
         ReLU masks it) unless `overwrite` says the caller does not need it any more.
@@ -219,15 +222,18 @@ class Sequential:
         for i in range(len(self.layers) - 1, self.backward_stop - 1, -1):
             # Only the first layer visited returns None (it computes no input gradient).
             dout = cast(np.ndarray, self.layers[i].backward(dout))
-            self.layer_done(i, l2)
+            self.layer_done(i, l2, l1)
         return dout
 
-    def layer_done(self, i: int, l2: float = 0.0) -> None:
-        """Layer i's gradients are complete: add l2 * W to its decayed weights' gradients, then
-        tell `after_layer`."""
+    def layer_done(self, i: int, l2: float = 0.0, l1: float = 0.0) -> None:
+        """Layer i's gradients are complete: add l2 * W, then l1 * sign(W), to its decayed
+        weights' gradients, then tell `after_layer`."""
         if l2:
             for w, g in self.decayed_of[i]:
                 g += l2 * w
+        if l1:
+            for w, g in self.decayed_of[i]:
+                g += self.l1_term(w, l1)
         if self.after_layer is not None:
             self.after_layer(i)
 
@@ -278,12 +284,14 @@ class Sequential:
     def forward_backward(self, x: np.ndarray, y: np.ndarray, loss: str = "softmax",
                          l2: float = 0.0, denom: int | None = None,
                          before_backward: Callable[[float, np.ndarray], None] | None = None,
-                         ) -> tuple[float, np.ndarray]:
-        """One training pass: returns (data loss + L2 penalty, scores). Gradients in model.grads.
+                         l1: float = 0.0) -> tuple[float, np.ndarray]:
+        """One training pass: returns (data loss + L2 and L1 penalties, scores). Gradients in
+        model.grads.
 
-        `denom` divides summed losses (default N); with L2, each call adds the full penalty
-        scaled by N/denom so that summing the calls of workers sharing one global batch adds it
-        exactly once. `before_backward(value, scores)` sees the result before the backward pass.
+        `denom` divides summed losses (default N); with L2 (l2/2 * sum W^2) or L1 (l1 * sum |W|,
+        both: the elastic net), each call adds the full penalty scaled by N/denom so that
+        summing the calls of workers sharing one global batch adds it exactly once.
+        `before_backward(value, scores)` sees the result before the backward pass.
         """
         fn = LOSSES.get(loss)
         if fn is None:
@@ -296,10 +304,14 @@ class Sequential:
             share = x.shape[0] / (denom or x.shape[0])
             coef = l2 * share
             value += coef * self.l2_penalty()
+        coef1 = 0.0
+        if l1:  # nothing of it when 0: an L2-only pass keeps its bits
+            coef1 = l1 * (x.shape[0] / (denom or x.shape[0]))
+            value += coef1 * self.l1_penalty()
         if before_backward is not None:
             before_backward(value, scores)
         with self.spans.span("backward"):
-            self.backward(dscores, overwrite=True, l2=coef)  # the loss's own array
+            self.backward(dscores, overwrite=True, l2=coef, l1=coef1)  # the loss's own array
         return value, scores
 
     def l2_penalty(self) -> float:
@@ -311,6 +323,22 @@ class Sequential:
         for w, g in self._decayed:
             g += coef * w
         return self.l2_penalty()
+
+    def l1_penalty(self) -> float:
+        """sum(|W|) over the decayed weights, summed element after element in float64."""
+        return sum((abs_sum(w.reshape(-1)) for w, _ in self._decayed), 0.0)
+
+    def l1_term(self, w: np.ndarray, coef: float) -> np.ndarray:
+        """coef * sign(W) (sign(0) = 0) for one decayed weight `w` of this model, in a scratch
+        array of w's shape that the next call overwrites (one buffer, allocated on first use,
+        sized for the largest decayed weight)."""
+        if self._l1_work.size == 0:
+            self._l1_work = np.empty(max((v.size for v, _ in self._decayed), default=0),
+                                     self.dtype)
+        out = self._l1_work[:w.size].reshape(w.shape)
+        np.sign(w, out=out)
+        out *= coef
+        return out
 
     def reseed(self, *key: int) -> None:
         """Give every stochastic layer (dropout) a generator keyed by `key`, e.g. (seed, step,
@@ -363,3 +391,12 @@ def offset_in(base: np.ndarray, view: np.ndarray) -> int:
     """Element offset of `view` inside the flat buffer `base`."""
     return (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) \
         // base.itemsize
+
+
+@njit
+def abs_sum(x: np.ndarray) -> float:
+    """Sum of |x| in float64, one element after the other: the same bits on every CPU."""
+    acc = 0.0
+    for i in range(x.size):
+        acc += abs(np.float64(x[i]))
+    return acc

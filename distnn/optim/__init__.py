@@ -12,6 +12,8 @@ config values against it. Bad values raise BadValue (a ValueError) naming the ke
 from distnn.optim._check import BadValue
 from distnn.optim.adam import Adam, AdamW
 from distnn.optim.factory import (
+    FULL_BATCH,
+    OPTIMIZERS,
     REGISTRIES,
     RULES,
     SCHEDULES,
@@ -23,6 +25,7 @@ from distnn.optim.factory import (
     takers,
 )
 from distnn.optim.hparams import REQUIRED, HParam, resolve
+from distnn.optim.lbfgs import LBFGS
 from distnn.optim.plateau import ReduceOnPlateau
 from distnn.optim.rules import SGD, AdaGrad, Momentum, Nesterov, RMSProp, UpdateRule
 from distnn.optim.scaled import ScaledLR
@@ -38,6 +41,7 @@ from distnn.optim.schedules import (
 )
 
 __all__ = ["UpdateRule", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "Adam", "AdamW",
+           "LBFGS", "FULL_BATCH", "OPTIMIZERS",
            "ScaledLR", "RULES", "make_optimizer", "Schedule", "Constant", "StepDecay",
            "Exponential", "InverseTime", "Cosine", "LinearWarmup", "ReduceOnPlateau", "SCHEDULES",
            "make_schedule", "scaled_lr", "HParam", "REQUIRED", "BadValue", "resolve",

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from distnn.optim import adam, plateau, rules, schedules
+from distnn.optim import adam, lbfgs, plateau, rules, schedules
 from distnn.optim._check import BadValue, known_keys
 from distnn.optim.hparams import Declared, HParam, resolve
 from distnn.optim.rules import UpdateRule
@@ -20,10 +20,15 @@ from distnn.optim.schedules import WARMUP, LinearWarmup, Schedule
 RULES: dict[str, type[UpdateRule]] = {cls.name: cls for cls in (
     rules.SGD, rules.Momentum, rules.Nesterov, rules.AdaGrad, rules.RMSProp, adam.Adam,
     adam.AdamW)}
+# Optimizers that are not a mini-batch update rule: the full-batch coordinator
+# (distnn/train/full_batch.py) drives them. `optimizer.name` takes a name of either table.
+FULL_BATCH: dict[str, type[UpdateRule]] = {lbfgs.LBFGS.name: lbfgs.LBFGS}
+OPTIMIZERS: dict[str, type[UpdateRule]] = {**RULES, **FULL_BATCH}
 SCHEDULES: dict[str, type[Schedule]] = {cls.name: cls for cls in (
     schedules.Constant, schedules.StepDecay, schedules.Exponential, schedules.InverseTime,
     schedules.Cosine, plateau.ReduceOnPlateau)}
-REGISTRIES: dict[str, Mapping[str, type[Declared]]] = {"optimizer": RULES, "schedule": SCHEDULES}
+REGISTRIES: dict[str, Mapping[str, type[Declared]]] = {"optimizer": OPTIMIZERS,
+                                                      "schedule": SCHEDULES}
 _WARMUP_KEYS = tuple(p.key for p in WARMUP)
 T = TypeVar("T")
 
@@ -62,11 +67,11 @@ def resolve_for(kind: str, name: str, given: Mapping[str, Any]) -> dict[str, Any
 
 def make_optimizer(name: str, *, decay_mask: np.ndarray | None = None,
                    **hparams: Any) -> UpdateRule:
-    """The update rule `name` (one of RULES) with its hyperparameters, e.g.
+    """The update rule `name` (one of OPTIMIZERS) with its hyperparameters, e.g.
     make_optimizer("momentum", mu=0.9). `decay_mask`, the model's (P,) 0/1 mask of weights, goes
     to the rules that decay weights (uses_decay_mask: adamw); the others do not need it. Unknown
     names, unknown keywords and out-of-range values raise ValueError naming them."""
-    cls = _lookup("optimizer", name, RULES)
+    cls = _lookup("optimizer", name, OPTIMIZERS)
     if cls.uses_decay_mask:
         return cls(decay_mask=decay_mask, **hparams)
     return cls(**hparams)

@@ -3,7 +3,10 @@
 Layout of a checkpoint file:
   /model/<name>          every named parameter and state array ('conv0.W', 'batchnorm2.running_var')
   /optimizer/<key>       optimizer state arrays; its scalars are attributes of /optimizer
-  /normalization/mean, /normalization/std   per-channel input normalisation (C,)
+  /normalization/...     the input preprocessing (distnn/data/preprocess.py), its kind named by
+                         its arrays: mean, std (C,) per channel (channel_mean_std, the only kind
+                         of files written before the others); mean_image (H, W, C); pca_mean
+                         (H, W, C), pca_whitening (D, k), pca_eigenvalues (k,), pca_eps (1,)
   attrs: format, step, epoch, step_in_epoch, config (YAML text), model_spec (JSON),
          coordinator (JSON: schedule, early-stopping and best-k state, rollbacks, lr scale),
          inputs (JSON: the per-sample input shape and the class names; absent in files written
@@ -28,6 +31,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from distnn.data.preprocess import Normalization, Preprocess, carried, normalization_arrays
 from distnn.train.errors import CheckpointError
 
 FORMAT = "distnn-checkpoint-2"
@@ -42,7 +46,8 @@ class Snapshot:
 
     model: dict[str, np.ndarray]
     optimizer: dict
-    normalization: tuple[np.ndarray, np.ndarray] | None
+    # (mean, std) per channel, a Preprocess of another kind (mean_image, pca_whiten), or None
+    normalization: Normalization
     step: int
     epoch: int
     step_in_epoch: int
@@ -50,7 +55,8 @@ class Snapshot:
     model_spec: list
     coordinator: dict = field(default_factory=dict)
     # {"input_shape": [H, W, C], "class_names": [...]}: what the model takes and names ({} in
-    # files written before it).
+    # files written before it). With pca_whiten the model takes (1, 1, k); the images' shape
+    # is that of normalization's pca_mean.
     inputs: dict = field(default_factory=dict)
 
 
@@ -74,8 +80,8 @@ def _arrays(snap: Snapshot) -> dict[str, np.ndarray]:
     out = {f"model/{k}": v for k, v in snap.model.items()}
     out.update({f"optimizer/{k}": v for k, v in snap.optimizer.items()
                 if isinstance(v, np.ndarray)})
-    if snap.normalization is not None:
-        out["normalization/mean"], out["normalization/std"] = snap.normalization
+    out.update({f"normalization/{k}": v
+                for k, v in normalization_arrays(snap.normalization).items()})
     return out
 
 
@@ -198,6 +204,21 @@ def _check_normalization(mean: np.ndarray, std: np.ndarray, path: Path) -> None:
                               f"std {std.tolist()}; every value must be finite and std > 0)")
 
 
+def _read_normalization(stored: dict[str, np.ndarray], path: Path) -> Normalization:
+    """The stored preprocessing: None, a (mean, std) tuple (files written before the other
+    kinds hold only these), or a Preprocess of another kind."""
+    if not stored:
+        return None
+    if set(stored) <= {"mean", "std"}:
+        norm = (stored.get("mean", np.empty(0)), stored.get("std", np.empty(0)))
+        _check_normalization(*norm, path)
+        return norm
+    try:
+        return carried(Preprocess.from_arrays(stored))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: stored normalisation is invalid: {exc}") from None
+
+
 def _read_meta(fh: h5py.File, path: Path) -> tuple[dict, dict, bool]:
     """The file attributes and optimizer scalars, meta CRC checked; verify: format 2."""
     fmt = fh.attrs.get("format")
@@ -231,15 +252,10 @@ def _read_h5(fh: h5py.File, path: Path) -> Snapshot:
     attrs, opt, verify = _read_meta(fh, path)
     arrays = {name: _read_array(fh, name, path, verify)
               for name in _listed_arrays(fh, attrs, path, verify)}
-    norm = None
-    if "normalization/mean" in arrays or "normalization/std" in arrays:
-        norm = (arrays.get("normalization/mean", np.empty(0)),
-                arrays.get("normalization/std", np.empty(0)))
-        _check_normalization(*norm, path)
     return Snapshot(
         model=_group(arrays, "model"),
         optimizer={**opt, **_group(arrays, "optimizer")},
-        normalization=norm,
+        normalization=_read_normalization(_group(arrays, "normalization"), path),
         step=int(attrs["step"]),
         epoch=int(attrs["epoch"]),
         step_in_epoch=int(attrs["step_in_epoch"]),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from distnn.comm import Communicator
-from distnn.data import eval_indices, get_dataset, to_float
+from distnn.data import Normalization, eval_indices, get_dataset, to_float
 from distnn.nn import Sequential
 from distnn.nn import threads as nn_threads
 from distnn.train.evaluate_checkpoint import fit_model, read_saved
@@ -29,7 +29,7 @@ class Member:
 
     path: Path
     model: Sequential
-    normalization: tuple[np.ndarray, np.ndarray] | None
+    normalization: Normalization
 
 
 def softmax64(scores: np.ndarray) -> np.ndarray:

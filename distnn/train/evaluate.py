@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 from distnn.comm import Communicator
-from distnn.data import Dataset, eval_indices, to_float
+from distnn.data import Dataset, Normalization, eval_indices, to_float
 from distnn.nn import LOSSES, Sequential
 from distnn.train.exact import gather_sum
 
 
 def evaluate(model: Sequential, dataset: Dataset, comm: Communicator,
-             normalization: tuple[np.ndarray, np.ndarray] | None, loss: str = "softmax",
+             normalization: Normalization, loss: str = "softmax",
              batch: int = 256) -> dict:
     """Collective: all ranks must call. Returns {'loss', 'accuracy', 'n'} over the whole split.
 

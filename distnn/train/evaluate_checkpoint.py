@@ -11,6 +11,7 @@ import numpy as np
 
 from distnn.config import Config, ConfigError, from_dict, parse_yaml
 from distnn.data import Dataset, get_dataset
+from distnn.data.preprocess import model_shape
 from distnn.nn import Sequential, SpecError, StateError
 from distnn.nn import threads as nn_threads
 from distnn.train.checkpoint import Snapshot
@@ -55,13 +56,25 @@ def saved_network(path: Path, snap: Snapshot, cfg: Config, input_shape: tuple[in
     return network
 
 
+def network_shape(path: Path | str, snap: Snapshot, image_shape: tuple[int, ...],
+                  what: str) -> tuple[int, ...]:
+    """The per-sample shape the saved network takes for images of `image_shape` under the
+    saved normalisation (pca_whiten: (1, 1, k)). Images of another shape than a mean_image or
+    pca_whiten was fitted on are a CheckpointError naming the file and `what`."""
+    try:
+        return model_shape(snap.normalization, tuple(image_shape))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its normalisation does not fit {what}: {exc}") from None
+
+
 def fit_model(path: Path | str, snap: Snapshot, cfg: Config, data: Dataset, name: str,
               split: str) -> Sequential:
     """The saved model built for `data`'s images and classes, with the saved parameters. A
     model that does not fit them (image shape, number of classes, array shapes) is a
     CheckpointError naming the file and `name` [`split`]."""
+    shape = network_shape(path, snap, data.image_shape, f"{name} [{split}]")
     try:
-        model = build_model(cfg, data.image_shape, data.num_classes)
+        model = build_model(cfg, shape, data.num_classes)
         model.load_state_dict(snap.model)
     except (ConfigError, StateError) as exc:
         raise CheckpointError(f"{path}: its model does not fit {name} [{split}]: {exc}") from None

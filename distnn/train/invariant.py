@@ -16,6 +16,7 @@ import numpy as np
 
 from distnn.data import group_plan, micro_counts
 from distnn.nn.lockstep import Group, Lockstep
+from distnn.nn.model import abs_sum
 from distnn.train import buckets
 from distnn.train.exact import ExactSum, gather_sum
 from distnn.train.exact_overlap import ExactOverlap
@@ -24,12 +25,13 @@ from distnn.train.step import DataParallelStep, StepResult, sum_of_squares
 
 class InvariantStep(DataParallelStep):
     """Replica step with world-size invariant results. `groups`: the fixed number of groups of
-    every global batch (at least the number of ranks); `seed` keys the dropout masks."""
+    every global batch (at least the number of ranks); `seed` keys the dropout masks. L2 and
+    L1 (`l2`, `l1`) are added once, after the exact sum."""
 
     def __init__(self, model, optimizer, comm, loss: str = "softmax", l2: float = 0.0,
                  grad_accum: int = 1, clip_grad_norm: float = 0.0, groups: int = 16,
-                 seed: int = 0, bucket_mb: float | None = None):
-        super().__init__(model, optimizer, comm, loss, l2, 1, clip_grad_norm, seed)
+                 seed: int = 0, bucket_mb: float | None = None, l1: float = 0.0):
+        super().__init__(model, optimizer, comm, loss, l2, 1, clip_grad_norm, seed, l1=l1)
         self.accum, self.groups = grad_accum, groups
         self.lockstep = Lockstep(model)  # with or without BatchNorm: one group, one replica
         # Per group: loss sum, correct, count; then the stop flag.
@@ -106,6 +108,8 @@ class InvariantStep(DataParallelStep):
             total += n
         if self.l2:
             loss_sum += self.l2 * self._add_l2()
+        if self.l1:
+            loss_sum += self.l1 * self._add_l1()
         result = StepResult(loss_sum, int(right), int(total), bool(extra[-1] > 0))
         if apply and np.isfinite(result.loss):
             self.apply_update(lr)
@@ -119,4 +123,14 @@ class InvariantStep(DataParallelStep):
         for w, g in self.model._decayed:
             total += 0.5 * sum_of_squares(w.reshape(-1))
             g += coef * w
+        return total
+
+    def _add_l1(self) -> float:
+        """Add l1 * sign(W) to the gradient of every decayed weight (after the sum, and after
+        L2: once); return sum(|W|), summed element after element (the same bits everywhere)."""
+        total = 0.0
+        coef = self.model.dtype.type(self.l1)
+        for w, g in self.model._decayed:
+            total += abs_sum(w.reshape(-1))
+            g += self.model.l1_term(w, coef)
         return total

@@ -51,12 +51,16 @@ class Coordinator:
         if t.invariant:
             self.step_fn: DataParallelStep = InvariantStep(
                 self.model, self.optimizer, comm, t.loss, t.l2, t.grad_accum, t.clip_grad_norm,
-                t.groups, cfg.seed, bucket_mb)
+                t.groups, cfg.seed, bucket_mb, l1=t.l1)
         else:
             self.step_fn = DataParallelStep(self.model, self.optimizer, comm, t.loss, t.l2,
                                             t.grad_accum, t.clip_grad_norm, cfg.seed,
-                                            bucket_mb, cfg.comm.compress)
+                                            bucket_mb, cfg.comm.compress, l1=t.l1)
         self.is_root = comm.rank == 0
+        if self.is_root and cfg.data.validate_on == "test":
+            console.err("distnn train: warning: data.validate_on: test: early stopping, the "
+                        "schedule and the best checkpoint are chosen on the test split, so its "
+                        "final score is not an unbiased estimate")
         self.last_update_ratio = self.last_grad_norm = float("nan")
         self._before = np.empty_like(self.model.params)  # for the update ratio, reused
         self._state_before = np.empty_like(self.model.state)  # BatchNorm stats before a step

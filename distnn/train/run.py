@@ -13,8 +13,11 @@ from threadpoolctl import threadpool_limits
 
 from distnn import console
 from distnn.comm import Communicator
-from distnn.config import Config, save_config
+from distnn.config import Config, ConfigError, save_config
 from distnn.data import ShardSampler, compute_normalization
+from distnn.data import preprocess as pre
+from distnn.data.preprocess import Normalization, Preprocess
+from distnn.data.transforms import value_scale
 from distnn.exit_codes import ExitCode
 from distnn.nn import Sequential
 from distnn.nn import threads as nn_threads
@@ -25,6 +28,7 @@ from distnn.train import checkpoint as ckpt
 from distnn.train import signals, tensorboard
 from distnn.train.errors import CheckpointError
 from distnn.train.evaluate import evaluate
+from distnn.train.full_batch import FullBatchCoordinator
 from distnn.train.keeper import write_on_root
 from distnn.train.loop import Coordinator
 from distnn.train.metrics import MetricsLog
@@ -49,7 +53,7 @@ class Parts:
     model: Sequential
     optimizer: UpdateRule
     schedule: ScheduleLike
-    normalization: tuple[np.ndarray, np.ndarray] | None
+    normalization: Normalization  # (mean, std) per channel, a Preprocess, or None
     sampler: ShardSampler
 
 
@@ -104,22 +108,68 @@ def load_on_root(path: Path | str | None, model_spec, comm) -> ckpt.Snapshot | N
     meta = comm.bcast_obj({k: getattr(snap, k) for k in fields} if comm.rank == 0 else None)
     model = broadcast_arrays(snap.model if snap else None, comm)
     optim = broadcast_arrays(snap.optimizer if snap else None, comm)
-    norm = broadcast_arrays({"mean": snap.normalization[0], "std": snap.normalization[1]}
-                            if snap and snap.normalization else {}, comm)
-    return ckpt.Snapshot(model=model, optimizer=optim,
-                         normalization=(norm["mean"], norm["std"]) if norm else None, **meta)
+    norm = broadcast_arrays(pre.normalization_arrays(snap.normalization) if snap else {}, comm)
+    return ckpt.Snapshot(model=model, optimizer=optim, normalization=normalization_of(norm),
+                         **meta)
 
 
-def normalization_for(cfg: Config, train, comm):
-    """Per-channel mean/std of the training split, computed once on rank 0 and broadcast."""
+def normalization_of(arrays: dict[str, np.ndarray]) -> Normalization:
+    """The normalisation whose arrays (by checkpoint name; validated when read) are these."""
+    if not arrays:
+        return None
+    if set(arrays) == {"mean", "std"}:
+        return arrays["mean"], arrays["std"]
+    return Preprocess.from_arrays(arrays)
+
+
+def normalization_for(cfg: Config, train, comm) -> Normalization:
+    """The configured preprocessing of the training split (data.preprocess), the same on every
+    rank: per-channel mean/std computed once on rank 0 and broadcast; mean_image and
+    pca_whiten from sums of every rank's shard (preprocess_for). Collective."""
     if not cfg.data.normalize:
         return None
+    if cfg.data.preprocess != "channel_mean_std":
+        return preprocess_for(cfg, train, comm)
     stats = None
     if comm.rank == 0:
         mean, std = compute_normalization(train)
         stats = {"mean": np.asarray(mean, np.float32), "std": np.asarray(std, np.float32)}
     stats = broadcast_arrays(stats, comm)
     return stats["mean"], stats["std"]
+
+
+def preprocess_for(cfg: Config, train, comm) -> Preprocess:
+    """data.preprocess mean_image or pca_whiten fitted on the training split: each rank sums
+    its contiguous shard (float64, in blocks), one allreduce per sum, then rank 0 computes the
+    statistics (pca_whiten: the eigendecomposition) and broadcasts them, so every rank holds
+    the same bits whatever its LAPACK. Pixel sums are exact, so the result is also the same on
+    any number of ranks. data.pca_components > D is a ConfigError, on every rank before any
+    sum. Collective."""
+    d = cfg.data
+    if len(train) == 0:
+        raise ConfigError(f"data.preprocess: {d.preprocess} has no training samples to be "
+                          f"fitted on")
+    if d.preprocess == "pca_whiten":
+        values = int(np.prod(train.image_shape))
+        if d.pca_components > values:
+            raise ConfigError(f"data.pca_components: {d.pca_components}, expected at most "
+                              f"D = {values}, the values of one {train.name} image "
+                              f"{tuple(train.image_shape)} (0: all of them)")
+    sums = pre.shard_sums(train, d.preprocess, comm.rank, comm.size)
+    for total in sums.values():
+        comm.allreduce_(total)
+    fitted, error = None, None
+    if comm.rank == 0:
+        top = value_scale(train.read(np.arange(1)).dtype)
+        try:
+            fitted = pre.fit_sums(d.preprocess, sums, len(train), train.image_shape, top,
+                                  d.pca_components, d.whiten_eps).to_arrays()
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            error = f"data.preprocess: {d.preprocess} cannot be fitted on {train.name}: {exc}"
+    error = comm.bcast_obj(error)
+    if error:
+        raise ConfigError(error)
+    return Preprocess(d.preprocess, broadcast_arrays(fitted, comm))
 
 
 def build_parts(cfg: Config, comm, resume_snap, source=None) -> Parts:
@@ -131,7 +181,15 @@ def build_parts(cfg: Config, comm, resume_snap, source=None) -> Parts:
         norm = source.normalization  # the inputs the pretrained layers were trained on
     else:
         norm = normalization_for(cfg, splits.train, comm)
-    model = build_model(cfg, splits.train.image_shape, splits.train.num_classes)
+    try:
+        model = build_model(cfg, input_shape(norm, splits.train, "the checkpoint's"),
+                            splits.train.num_classes)
+    except ConfigError as exc:
+        if isinstance(norm, Preprocess) and norm.kind == "pca_whiten":
+            raise ConfigError(f"{exc}; data.preprocess pca_whiten makes each image one vector "
+                              f"(1, 1, {norm.components}): expected a model of flatten and "
+                              f"dense layers") from None
+        raise
     comm.broadcast_(model.params)  # identical replicas from the start, whatever the seeding
     if model.state.size:
         comm.broadcast_(model.state)
@@ -148,12 +206,34 @@ def build_parts(cfg: Config, comm, resume_snap, source=None) -> Parts:
     return Parts(splits, model, build_optimizer(cfg, model), build_schedule(cfg), norm, sampler)
 
 
+def input_shape(norm: Normalization, train, whose: str) -> tuple[int, ...]:
+    """The per-sample shape the model takes: the images' own, except pca_whiten's (1, 1, k).
+    Preprocessing fitted on images of another shape (a resumed checkpoint's) is a
+    CheckpointError."""
+    try:
+        return pre.model_shape(norm, tuple(train.image_shape))
+    except ValueError as exc:
+        raise CheckpointError(f"{whose} normalisation does not fit {train.name}: "
+                              f"{exc}") from None
+
+
 def pretrained_normalization(cfg: Config, source: ckpt.Snapshot, train) -> bool:
     """Whether a run initialised from `source` normalises with its statistics: when the config
-    normalises and the checkpoint has statistics for as many channels as these images."""
+    normalises and the checkpoint has statistics of the configured data.preprocess kind for
+    these images (as many channels; mean_image and pca_whiten: the same image shape, and
+    pca_whiten as many components as configured)."""
     norm = source.normalization
-    return cfg.data.normalize and norm is not None \
-        and norm[0].shape == (train.image_shape[-1],)
+    if not cfg.data.normalize or norm is None:
+        return False
+    if not isinstance(norm, Preprocess):
+        return cfg.data.preprocess == "channel_mean_std" \
+            and norm[0].shape == (train.image_shape[-1],)
+    if norm.kind != cfg.data.preprocess or norm.image_shape != tuple(train.image_shape):
+        return False
+    if norm.kind == "pca_whiten":
+        wanted = cfg.data.pca_components or int(np.prod(train.image_shape))
+        return norm.components == wanted
+    return True
 
 
 def load_best(resume: Path | None, cfg: Config, comm: Communicator) -> ckpt.Snapshot | None:
@@ -213,9 +293,10 @@ def train(cfg: Config, comm: Communicator, run_dir: Path,
                 sink = tensorboard.TensorBoardSink(run_dir / "tensorboard")
                 metrics.sinks.append(sink)
                 stack.callback(sink.close)
-        coord = Coordinator(cfg, comm, parts, run_dir, metrics)
+        kind = FullBatchCoordinator if cfg.optimizer.name == "lbfgs" else Coordinator
+        coord = kind(cfg, comm, parts, run_dir, metrics)
         if snap is not None:
-            coord.restore(snap, best, resume)
+            restore(coord, parts, snap, best, resume)
         # Only once the checkpoint has been found to fit: a refused resume changes nothing.
         save_config_on_root(cfg, run_dir, comm)
         code = coord.run(stop)
@@ -224,6 +305,23 @@ def train(cfg: Config, comm: Communicator, run_dir: Path,
             test = score_test_split(coord, parts, stop)
             code = ExitCode.OK if test is not None else ExitCode.RESUMABLE
         return TrainResult(code, run_dir, test, parts.model)
+
+
+def restore(coord: Coordinator, parts: Parts, snap: ckpt.Snapshot, best: ckpt.Snapshot | None,
+            resume: Path | None) -> None:
+    """coord.restore(snap, best, resume). Its check of the normalisation against the data reads
+    a per-channel (mean, std); a mean_image or pca_whiten Preprocess was checked against the
+    images' whole shape when the model was built (build_parts, input_shape), so it is hidden
+    from that check. Collective."""
+    norm = parts.normalization
+    if not isinstance(norm, Preprocess):
+        coord.restore(snap, best, resume)
+        return
+    coord.normalization = None
+    try:
+        coord.restore(snap, best, resume)
+    finally:
+        coord.normalization = norm
 
 
 def score_test_split(coord: Coordinator, parts: Parts, stop: StopRequest) -> dict | None:

@@ -50,13 +50,15 @@ class Subset(Dataset):
 
 def load_splits(cfg: Config) -> Splits:
     """train/val/test. With data.folds >= 2, validation is fold data.fold of the training split
-    and the other folds are trained on (fold_indices); with data.val_size > 0, validation is a
-    seeded hold-out of the training split; either is the same on every rank. Otherwise the test
-    split doubles as validation.
-    """
+    and the other folds are trained on (fold_indices); otherwise validation is a seeded hold-out
+    of data.val_size training samples (0: held_out_size, 10 %). Either is the same on every
+    rank. Only data.validate_on: test validates on the test split (the whole training split
+    trained on; Coordinator warns)."""
     d = cfg.data
     train = labelled_subset(get_dataset(d.dataset, "train", d.data_dir), d.train_size, cfg.seed)
     test = get_dataset(d.dataset, "test", d.data_dir)
+    if d.validate_on == "test":
+        return Splits(train, test, test)
     if d.folds >= 2:
         if d.folds > len(train):
             raise ConfigError(f"data.folds: {d.folds} folds of the {len(train)} training "
@@ -64,14 +66,19 @@ def load_splits(cfg: Config) -> Splits:
                               f"sample)")
         kept, held = fold_indices(len(train), d.folds, d.fold, cfg.seed)
         return Splits(Subset(train, kept, "train"), Subset(train, held, "val"), test)
-    if d.val_size <= 0:
-        return Splits(train, test, test)
-    if d.val_size >= len(train):
-        raise ConfigError(f"data.val_size: {d.val_size} must be < the {len(train)} training "
-                          f"samples")
+    size = d.val_size or held_out_size(len(train))
+    if size >= len(train):
+        raise ConfigError(f"data.val_size: {size} must be < the {len(train)} training "
+                          f"samples" + ("" if d.val_size else " (10 % held out for validation; "
+                                        "data.validate_on: test validates on the test split)"))
     order = holdout_order(len(train), cfg.seed)
-    held, kept = np.sort(order[: d.val_size]), np.sort(order[d.val_size:])
+    held, kept = np.sort(order[:size]), np.sort(order[size:])
     return Splits(Subset(train, kept, "train"), Subset(train, held, "val"), test)
+
+
+def held_out_size(n: int) -> int:
+    """The validation samples held out of `n` training samples by default: 10 %, at least 1."""
+    return max(1, n // 10)
 
 
 def labelled_subset(train: Dataset, size: int, seed: int) -> Dataset:

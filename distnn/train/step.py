@@ -31,8 +31,8 @@ def _right(scores: np.ndarray, y: np.ndarray) -> int:
 
 
 def _sums(results: list[tuple[float, int]], term: float) -> tuple[float, int]:
-    """A micro-batch's loss (each group's plus `term`, its share of the L2 penalty) and
-    correct count."""
+    """A micro-batch's loss (each group's plus `term`, its share of the L2 and L1 penalties)
+    and correct count."""
     loss_sum, correct = 0.0, 0
     for value, right in results:
         if term:
@@ -44,7 +44,7 @@ def _sums(results: list[tuple[float, int]], term: float) -> tuple[float, int]:
 
 @dataclass
 class StepResult:
-    loss: float  # global mean loss of the step's global batch (data loss + L2)
+    loss: float  # global mean loss of the step's global batch (data loss + L2 + L1)
     correct: int  # correctly classified samples of the global batch
     count: int  # samples in the global batch
     stop: bool  # some rank asked to stop (signal) before this step
@@ -80,13 +80,15 @@ class DataParallelStep:
     `bucket_mb`: overlap the allreduce with the backward pass, in buckets of about that many
     MB (train/buckets.py), with the same result to the bit; None: one allreduce after it.
     `compress` "bf16"/"fp16": the gradients travel in 16 bits with error feedback
-    (train/compress.py; the scalar slots in a small allreduce of their own)."""
+    (train/compress.py; the scalar slots in a small allreduce of their own).
+    `l2`, `l1`: the loss gains l2/2 * sum(W^2) and l1 * sum(|W|) over the decayed weights
+    (both: the elastic net), their gradients l2 * W and l1 * sign(W)."""
 
     def __init__(self, model, optimizer, comm, loss: str = "softmax", l2: float = 0.0,
                  grad_accum: int = 1, clip_grad_norm: float = 0.0, seed: int = 0,
-                 bucket_mb: float | None = None, compress: str = "none"):
+                 bucket_mb: float | None = None, compress: str = "none", l1: float = 0.0):
         self.model, self.optimizer, self.comm = model, optimizer, comm
-        self.loss, self.l2, self.grad_accum = loss, l2, grad_accum
+        self.loss, self.l2, self.l1, self.grad_accum = loss, l2, l1, grad_accum
         self.clip_grad_norm, self.seed = clip_grad_norm, seed
         self.acc = np.zeros_like(model.grads) if grad_accum > 1 else None
         self.extra = model.grad_buffer[model.grads.size:]
@@ -163,7 +165,7 @@ class DataParallelStep:
             hook = None if fill is None else (
                 lambda value, scores, fill=fill, y=y[sl]: fill(value, _right(scores, y)))
             value, scores = model.forward_backward(x[sl], y[sl], self.loss, self.l2, global_count,
-                                                   hook)
+                                                   hook, l1=self.l1)
             loss_sum += value
             correct += _right(scores, y[sl])
             if not (last and self.overlap is not None):  # else added bucket by bucket
@@ -211,12 +213,15 @@ class DataParallelStep:
             coef = self.l2 * (b - a) / global_count if self.l2 else 0.0
             # Each group's share of the L2 penalty (the weights do not change in the pass).
             term = coef * model.l2_penalty() if coef and groups else 0.0
+            coef1 = self.l1 * (b - a) / global_count if self.l1 else 0.0
+            if coef1 and groups:  # and of the L1 penalty
+                term += coef1 * model.l1_penalty()
             last = i == parts - 1
             fill = self._arm(loss_sum, correct, len(y)) if last else None
             hook = None if fill is None else (
                 lambda results, fill=fill, term=term: fill(*_sums(results, term)))
             added, right = _sums(lockstep.run(groups, count, global_count, step, self.seed,
-                                              reduce, self.loss, coef, hook), term)
+                                              reduce, self.loss, coef, hook, coef1), term)
             loss_sum, correct = loss_sum + added, correct + right
             if not (last and self.overlap is not None):  # else added bucket by bucket
                 self._accumulate(i)

@@ -34,7 +34,7 @@ from distnn.exit_codes import ExitCode
 from distnn.nn import Sequential
 from distnn.nn import threads as nn_threads
 from distnn.train.errors import CheckpointError
-from distnn.train.evaluate_checkpoint import read_saved, saved_network
+from distnn.train.evaluate_checkpoint import network_shape, read_saved, saved_network
 from distnn.train.setup import rank_threads
 
 BLOCK = 2048  # samples reduced (and written) at a time: bounded memory on every rank
@@ -85,8 +85,9 @@ def main(args: argparse.Namespace) -> int:
 def layer_model(path: Path, snap, cfg, data: Dataset, layer: str) -> tuple[Sequential, int]:
     """The checkpoint's model built for `data`'s images with its parameters, and the index of
     `layer` in it. CheckpointError (model does not fit) or ValueError (no such layer)."""
-    model = saved_network(path, snap, cfg, data.image_shape,
-                          f"{data.name} images {data.image_shape}")
+    what = f"{data.name} images {data.image_shape}"
+    model = saved_network(path, snap, cfg, network_shape(path, snap, data.image_shape, what),
+                          what)
     names = [lay.name for lay in model.layers]
     if layer not in names:
         raise ValueError(f"--layer {layer}: not a layer of {path}'s model; expected one of "

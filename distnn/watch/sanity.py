@@ -7,8 +7,9 @@ line per check, with its figure and `ok` or `FAILED`:
    computes it, on training's first batch (at most 256 samples) is within 10 % of ln(C) for
    softmax, C - 1 for the SVM (C classes). The line also gives the scores' spread: a large one
    means initial weights too large for diffuse scores.
-2. regularisation: adding L2 (train.l2, or 1e-2 if that is 0) raises that loss, with the same
-   parameters, samples and dropout masks (BatchNorm statistics restored).
+2. regularisation: adding L2 (train.l2, or 1e-2 if that is 0; with train.l1's L1 when that is
+   > 0) raises that loss, with the same parameters, samples and dropout masks (BatchNorm
+   statistics restored).
 3. overfit: the first 20 of those samples, full batch, no L2 (AdamW's weight_decay 0 too), the
    configured update rule (clipping as configured) at the configured base_lr (scaled as
    configured) behind the configured warmup, counted in training's steps per epoch; the
@@ -87,9 +88,12 @@ class _Setup:
 
         import numpy as np
 
+        from distnn.comm import LocalCommunicator
         from distnn.config import load_config, schedule_spec
-        from distnn.data import ShardSampler, compute_normalization, to_float
+        from distnn.data import ShardSampler, to_float
+        from distnn.data.preprocess import model_shape
         from distnn.optim import make_schedule
+        from distnn.train.run import normalization_for
         from distnn.train.setup import build_model, load_splits
         from distnn.watch.sanity_checks import Samples
 
@@ -99,8 +103,9 @@ class _Setup:
                                                                     data_dir=args.data_dir))
         self.cfg = cfg
         self.train = load_splits(cfg).train
-        norm = compute_normalization(self.train) if cfg.data.normalize else None
-        self.model = build_model(cfg, self.train.image_shape, self.train.num_classes)
+        norm = normalization_for(cfg, self.train, LocalCommunicator())  # data.preprocess
+        self.model = build_model(cfg, model_shape(norm, self.train.image_shape),
+                                 self.train.num_classes)
         self.sampler = ShardSampler(len(self.train), cfg.train.global_batch, 0, 1, cfg.seed)
         # Training's first batch (epoch 0's order); the other checks take its first samples.
         order = self.sampler.order()
@@ -132,11 +137,11 @@ class _Setup:
             check, data_loss = sc.initial_loss(model, batch, loss, seed)
             checks.append(_show(check))
             checks.append(_show(sc.regularisation(model, batch, loss, seed, cfg.train.l2,
-                                                  data_loss)))
+                                                  data_loss, cfg.train.l1)))
             checks.append(_show(sc.overfit(model, self._optimizer(), self._lr_at,
                                            self.samples.head(OVERFIT_SAMPLES), loss, seed,
                                            steps, self._clip())))
-            wide = Sequential(list(cfg.model), train.image_shape, seed=seed, dtype=np.float64)
+            wide = Sequential(list(cfg.model), model.input_shape, seed=seed, dtype=np.float64)
             checks.append(_show(sc.gradient_check(wide, self.samples.head(GRAD_SAMPLES), loss,
                                                   seed)[0]))
         return ExitCode.OK if all(c.ok for c in checks) else ExitCode.FAILED

@@ -98,14 +98,16 @@ def initial_loss(model: Sequential, batch: Samples, loss: str, seed: int) -> tup
 
 
 def regularisation(model: Sequential, batch: Samples, loss: str, seed: int, l2: float,
-                   data_loss: float) -> Check:
-    """2. The loss with L2 is above the loss without (`data_loss`, check 1's value), everything
-    else equal: same parameters, samples and dropout masks, BatchNorm state as before."""
+                   data_loss: float, l1: float = 0.0) -> Check:
+    """2. The loss with L2 (and L1 when `l1` > 0: the elastic net) is above the loss without
+    (`data_loss`, check 1's value), everything else equal: same parameters, samples and dropout
+    masks, BatchNorm state as before."""
     coef, source = (l2, "train.l2") if l2 > 0 else (CLEAR_L2, "train.l2 is 0: a clear value")
     with fixed_masks(model, seed, 0, batch.indices):
-        value, _ = model.forward_backward(batch.x, batch.y, loss, l2=coef)
+        value, _ = model.forward_backward(batch.x, batch.y, loss, l2=coef, l1=l1)
     ok = bool(value > data_loss)  # NaN fails
-    figure = (f"loss {data_loss:.4f} -> {value:.4f} with l2 {coef:g} ({source}), "
+    also = f" and l1 {l1:g} (train.l1)" if l1 > 0 else ""
+    figure = (f"loss {data_loss:.4f} -> {value:.4f} with l2 {coef:g} ({source}){also}, "
               f"{value - data_loss:+.4g}")
     return Check("regularisation", figure, ok)
 

@@ -7,7 +7,7 @@ header of a .h5 file: no image is read), or on --input-shape (H,W,C for images, 
 
 FLOPs are counted per image, forward pass. A multiply-add is 2 FLOPs. Conv:
 2*K*K*Cin*Cout*Hout*Wout, plus one add per output element for the bias. Dense: 2*in*out + out.
-Elementwise layers (relu, leaky_relu, elu, tanh, sigmoid, dropout, batchnorm): one FLOP per
+Elementwise layers (relu, leaky_relu, prelu, elu, tanh, sigmoid, dropout, batchnorm): one FLOP per
 output element; for batchnorm that one FLOP is the per-channel scale-and-shift (x * a + b) that
 the normalisation, gamma and beta fold into, counted as one operation, and the batch statistics
 and running averages of training are not counted. A ReLU fused into the conv or dense layer
@@ -112,7 +112,7 @@ def layer_flops(layer: Any) -> int:
         return 2 * macs + layer.filters * layer.ho * layer.wo
     if isinstance(layer, nn.Dense):
         return 2 * in_shape[0] * layer.units + layer.units
-    if isinstance(layer, (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid,
+    if isinstance(layer, (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.Tanh, nn.Sigmoid,
                           nn.Dropout, nn.BatchNorm)):
         return out
     if isinstance(layer, (nn.MaxPool2D, nn.AvgPool2D)):
@@ -165,15 +165,23 @@ def build_report(args: argparse.Namespace) -> dict[str, Any]:
 
     given = None if args.input_shape is None else parse_input_shape(args.input_shape)
     cfg = load_config(args.config, args.overrides)
+    notes = []
     if given is None:
         shape, classes = dataset_shape(cfg.data.dataset)
         source = f"data.dataset {cfg.data.dataset}"
+        d = cfg.data
+        if d.normalize and d.preprocess == "pca_whiten":  # the model sees (1, 1, k) vectors
+            values = math.prod(shape)
+            k = d.pca_components or values
+            if k > values:
+                notes.append(f"data.pca_components {k} exceeds the {values} values of an "
+                             f"image {tuple(shape)}: training would refuse it")
+            shape, source = (1, 1, k), f"{source} after data.preprocess pca_whiten"
     else:
         shape, classes, source = given, None, "--input-shape"
     with model_errors(f" (on inputs of shape {shape})"):
         model = Sequential(list(cfg.model), shape, seed=cfg.seed, dtype=np.float32)
     rows = layer_rows(model)
-    notes = []
     if classes is not None and model.output_shape != (classes,):
         notes.append(f"the model outputs {model.output_shape} per image and {cfg.data.dataset} "
                      f"has {classes} classes: training would refuse it (expected ({classes},))")

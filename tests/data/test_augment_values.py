@@ -135,25 +135,29 @@ def test_normalize_scales_batches_and_evaluation(tmp_path, rec, normalize):
     assert metrics(rd)[-1]["loss"] == pytest.approx(want, rel=1e-5)
 
 
-@pytest.mark.parametrize("val_size", [0, 7])
-def test_val_size_holds_out_exactly_n_samples_never_trained_on(tmp_path, rec, val_size):
+@pytest.mark.parametrize("val_size,validate_on,held_n", [
+    (7, "holdout", 7), (0, "holdout", 4), (0, "test", 0)])  # 0: 10 % held out by default
+def test_val_size_holds_out_exactly_n_samples_never_trained_on(tmp_path, rec, val_size,
+                                                                validate_on, held_n):
     data = toy_h5(tmp_path, n_train=40)
-    result, rd = run(tmp_path, data, data={"normalize": False, "val_size": val_size},
+    result, rd = run(tmp_path, data, data={"normalize": False, "val_size": val_size,
+                                           "validate_on": validate_on},
                      train={"epochs": 2})
     trained = [np.sort(np.concatenate([b.indices for b in rec.batches if b.epoch == e]))
                for e in (0, 1)]
     assert np.array_equal(trained[0], trained[1])  # the same samples each epoch, each once
     held = np.setdiff1d(np.arange(40), trained[0])
-    assert len(trained[0]) == 40 - val_size and len(held) == val_size
-    # Validation scores exactly the held-out samples (else the test split), after each epoch.
-    if val_size:
+    assert len(trained[0]) == 40 - held_n and len(held) == held_n
+    # Validation scores exactly the held-out samples (the test split only if asked), after
+    # each epoch.
+    if held_n:
         images, labels = read_h5(data, "train")
         images, labels = images[held], labels[held]
     else:
         images, labels = read_h5(data, "test")
     vals = [m for m in metrics(rd) if m["split"] == "val"]
     assert [m["n"] for m in vals] == [len(labels)] * 2
-    ends = [rec.steps[2].after, rec.steps[5].after]  # 3 steps per epoch (val 7: 33 samples)
+    ends = [rec.steps[2].after, rec.steps[5].after]  # 3 steps per epoch (33 to 40 samples)
     for line, params in zip(vals, ends, strict=True):
         w, b = dense_wb(result.model, params)
         assert line["loss"] == pytest.approx(
@@ -200,7 +204,7 @@ def test_data_dir_is_where_a_named_dataset_is_read(tmp_path, monkeypatch):
     mine.mkdir()
     (mine / "mnist").symlink_to(SHARED_DATA / "mnist")
     splits = load_splits(from_dict({"data": {"dataset": "mnist", "data_dir": str(mine)}}))
-    assert (len(splits.train), len(splits.test)) == (60000, 10000)
+    assert (len(splits.train), len(splits.test)) == (54000, 10000)  # 10 % held out
     # Not given: $DISTNN_DATA_DIR, here an empty folder.
     with pytest.raises(DataError, match=re.escape(str(empty))):
         load_splits(from_dict({"data": {"dataset": "mnist"}}))

@@ -46,6 +46,13 @@ MODELS = {
         {"type": "conv", "filters": 8, "kernel": 3}, {"type": "maxout", "k": 2},
         {"type": "maxpool", "size": 2}, {"type": "flatten"}, {"type": "dense", "units": 12},
         {"type": "maxout", "k": 3}, {"type": "dropout"}, {"type": "dense", "units": 5}]),
+    # prelu on maps (a slope per channel of axis 1: (C, 1, 1) against NCHW, with C, H and W all
+    # different, so a slope on the wrong axis gives other scores or no graph) and on vectors.
+    "prelu": ((7, 5, 2), [
+        {"type": "conv", "filters": 3, "kernel": 3, "pad": 1}, {"type": "prelu"},
+        {"type": "maxpool", "size": 2, "stride": 1}, {"type": "flatten"},
+        {"type": "dense", "units": 6}, {"type": "prelu", "init": 0.1},
+        {"type": "dense", "units": 4}]),
     # vectors in: (N, D) throughout.
     "vectors": ((10,), [
         {"type": "dense", "units": 8}, {"type": "batchnorm"}, {"type": "relu"},
@@ -85,7 +92,8 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(("key", "opset", "normalized"), [
     ("conv_maxpool", 17, True), ("batchnorm_avgpool", 17, True), ("globalavgpool", 17, False),
-    ("maxout", 13, True), ("maxout", 17, True), ("maxout", 18, True), ("vectors", 17, True)])
+    ("maxout", 13, True), ("maxout", 17, True), ("maxout", 18, True), ("prelu", 13, False),
+    ("prelu", 17, True), ("vectors", 17, True)])
 def test_onnxruntime_computes_distnns_scores_and_their_softmax(key, opset, normalized):
     model = network(key)
     norm = normalization(model.input_shape[-1]) if normalized else None
@@ -123,6 +131,27 @@ def test_the_normalisation_is_in_the_graph_and_a_wrong_flatten_order_is_caught()
     del transpose.attribute[:]
     transpose.attribute.append(onnx.helper.make_attribute("perm", [0, 1, 2, 3]))
     assert check(model, norm, proto, images) > 1e-2
+
+
+def test_prelu_slopes_are_per_channel_constants_of_a_prelu_node():
+    model = network("prelu")
+    maps, vectors = model.layers[1], model.layers[5]
+    # network() gave every slope its own random value (some negative): none is the init.
+    assert len(set(maps.p["a"].tolist() + vectors.p["a"].tolist())) == 3 + 6
+    proto = to_onnx(model, None)
+    prelus = [node for node in proto.graph.node if node.op_type == "PRelu"]
+    assert [node.input[1] for node in prelus] == ["prelu1/a", "prelu5/a"]
+    slopes = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    np.testing.assert_array_equal(slopes["prelu1/a"], maps.p["a"].reshape(3, 1, 1))
+    np.testing.assert_array_equal(slopes["prelu5/a"], vectors.p["a"])
+    images = pixels(model)
+    assert check(model, None, proto, images) <= TOL
+    # The ONNX graph holds the slopes: changing one channel's slope changes the scores.
+    slope = next(t for t in proto.graph.initializer if t.name == "prelu1/a")
+    changed = slopes["prelu1/a"].copy()
+    changed[1] += 1.0
+    slope.CopyFrom(onnx.numpy_helper.from_array(changed, "prelu1/a"))
+    assert check(model, None, proto, images) > 1e-3
 
 
 class Square(Layer):

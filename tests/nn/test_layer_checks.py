@@ -237,7 +237,7 @@ def test_unknown_layer_and_bad_units_are_one_line_each():
         build_layers([{"type": "nope"}])
     assert str(err.value) == (
         "layer 0: unknown type 'nope'; expected one of avgpool, batchnorm, conv, dense, dropout, "
-        "elu, flatten, globalavgpool, leaky_relu, maxout, maxpool, relu, sigmoid, tanh")
+        "elu, flatten, globalavgpool, leaky_relu, maxout, maxpool, prelu, relu, sigmoid, tanh")
     with pytest.raises(SpecError) as err:
         Dense(0)
     assert str(err.value) == "dense: units=0, expected an integer >= 1"

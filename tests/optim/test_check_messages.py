@@ -208,7 +208,7 @@ def test_open_bounds_and_unknown_names_are_spelled_out():
     with pytest.raises(ValueError) as err:
         make_optimizer("nope")
     assert str(err.value) == ("optimizer 'nope' is unknown; expected one of sgd, momentum, "
-                              "nesterov, adagrad, rmsprop, adam, adamw")
+                              "nesterov, adagrad, rmsprop, adam, adamw, lbfgs")
     with pytest.raises(BadValue) as err:
         HParam("mode", "min", choices=("min", "max")).check("where", "avg")
     assert str(err.value) == "where: mode='avg', expected one of min, max"

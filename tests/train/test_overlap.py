@@ -1,7 +1,7 @@
 """Bucketed allreduce overlapped with the backward pass (train/buckets.py, exact_overlap.py):
-the bucket plan, the same bits as the step without overlap (plain and invariant, with L2,
-gradient accumulation, BatchNorm, a frozen prefix), and under `mpiexec -n 2` the first bucket
-started before the backward pass ends."""
+the bucket plan, the same bits as the step without overlap (plain and invariant, with L2 and
+with L2 + L1, gradient accumulation, BatchNorm, a frozen prefix), and under `mpiexec -n 2` the
+first bucket started before the backward pass ends."""
 
 from __future__ import annotations
 
@@ -68,15 +68,17 @@ def run_steps(step, model, steps=3, n=24):
 
 
 @pytest.mark.parametrize("spec", [SPEC, BN], ids=["plain", "batchnorm"])
-@pytest.mark.parametrize("accum, n", [(1, 24), (3, 24), (3, 1)])  # 1 sample: one micro-batch
+# n = 1: one micro-batch; l1 > 0: the elastic net (L1 beside the L2)
+@pytest.mark.parametrize("accum, n, l1", [(1, 24, 0.0), (3, 24, 0.0), (3, 1, 0.0),
+                                          (1, 24, 1e-3), (3, 24, 1e-3)])
 @pytest.mark.parametrize("frozen", [(), ("conv0",)])
-def test_plain_step_overlapped_gives_the_same_bits(spec, accum, n, frozen):
+def test_plain_step_overlapped_gives_the_same_bits(spec, accum, n, l1, frozen):
     out = []
     for mb in (None, SMALL_MB):
         model = model_of(spec, frozen)
         step = DataParallelStep(model, make_optimizer("momentum", mu=0.9),
                                 create_communicator("local"), l2=1e-3, grad_accum=accum,
-                                seed=1, bucket_mb=mb)
+                                seed=1, bucket_mb=mb, l1=l1)
         run_steps(step, model, steps=1)  # a step of 24 first: what is left in the buffers
         out.append(run_steps(step, model, n=n))
     assert np.array_equal(out[0][0], out[1][0])
@@ -84,13 +86,13 @@ def test_plain_step_overlapped_gives_the_same_bits(spec, accum, n, frozen):
 
 
 @pytest.mark.parametrize("spec", [SPEC, BN], ids=["plain", "batchnorm"])
-@pytest.mark.parametrize("accum", [1, 2])
-def test_invariant_step_overlapped_gives_the_same_bits(spec, accum):
+@pytest.mark.parametrize("accum, l1", [(1, 0.0), (2, 0.0), (2, 1e-3)])
+def test_invariant_step_overlapped_gives_the_same_bits(spec, accum, l1):
     out = []
     for mb in (None, SMALL_MB):
         model = model_of(spec)
         step = InvariantStep(model, make_optimizer("sgd"), create_communicator("local"),
-                             l2=1e-3, grad_accum=accum, groups=4, seed=1, bucket_mb=mb)
+                             l2=1e-3, grad_accum=accum, groups=4, seed=1, bucket_mb=mb, l1=l1)
         out.append(run_steps(step, model))
     assert np.array_equal(out[0][0], out[1][0])
     assert out[0][1] == out[1][1]

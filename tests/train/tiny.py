@@ -91,7 +91,16 @@ def config(data: Data, model=None, **sections) -> Config:
     }
     for key, value in sections.items():
         raw.setdefault(key, {}).update(value)
+    validate_on_test_unless_held_out(raw["data"])
     return from_dict(raw)
+
+
+def validate_on_test_unless_held_out(data: dict) -> None:
+    """These runs score the toy test split as their validation set and train on every training
+    sample (data.validate_on: test), unless a test holds samples out itself (val_size, folds)
+    or names validate_on."""
+    if not (data.get("val_size") or data.get("folds") or "validate_on" in data):
+        data["validate_on"] = "test"
 
 
 def run(cfg: Config, run_dir: Path, comm: LocalCommunicator | None = None) -> TrainResult:

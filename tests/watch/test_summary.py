@@ -95,6 +95,7 @@ ALL_KINDS = [
     {"type": "dense", "units": 4, "name": "d15"},
     {"type": "sigmoid", "name": "s16"},
     {"type": "relu", "name": "r17"},                                          # not fused
+    {"type": "prelu", "name": "p18"},                            # a learned slope per unit
 ]
 
 
@@ -127,6 +128,7 @@ EXPECTED = {
     "d15": ((4,), 3 * 4 + 4, dense_flops(3, 4), 4 * 4),  # 16, 28
     "s16": ((4,), 0, 4, 4 * 4),
     "r17": ((4,), 0, 4, 4 * 4),
+    "p18": ((4,), 4, 4, 4 * 4),
 }
 
 
@@ -143,12 +145,12 @@ def test_conv_net_counts_match_the_formulas(capsys, tmp_path):
         assert row["activations"] == math.prod(shape), name
     assert [n for n, r in rows.items() if r["description"].endswith("(fused)")] == ["r1", "r11"]
     assert rows["c3"]["description"] == "conv 2x2/2 pad 1 -> 4"
-    # 57 + 52 + 8 + 30 + 16; 7104+192+192+900+36+36+64+16+16+0+54+6+6+3+3+28+4+4;
-    # 768+192+144*3+64*2+16+24+12*3+16*3
-    assert rep["totals"]["params"] == 163
-    assert rep["totals"]["flops"] == 8664
-    assert rep["totals"]["activation_bytes"] == 1644
-    assert rep["totals"]["activations"] == 1644 // 4
+    # 57 + 52 + 8 + 30 + 16 + 4; 7104+192+192+900+36+36+64+16+16+0+54+6+6+3+3+28+4+4+4;
+    # 768+192+144*3+64*2+16+24+12*3+16*3+16
+    assert rep["totals"]["params"] == 167
+    assert rep["totals"]["flops"] == 8668
+    assert rep["totals"]["activation_bytes"] == 1660
+    assert rep["totals"]["activations"] == 1660 // 4
 
 
 # -- the bundled configs ------------------------------------------------------------------------
