@@ -302,7 +302,9 @@ class Coordinator:
         does not fit the configured model, optimizer or data is a CheckpointError naming the
         file, raised alike on every rank."""
         channels = self.splits.train.image_shape[-1]
-        if self.normalization is not None and self.normalization[0].shape != (channels,):
+        # (A mean_image or pca_whiten Preprocess was checked against the images' whole shape
+        # when the model was built: run.input_shape.)
+        if isinstance(self.normalization, tuple) and self.normalization[0].shape != (channels,):
             raise CheckpointError(f"{source}: its normalisation has {self.normalization[0].size}"
                                   f" channel(s), the data {channels}")
         try:

@@ -296,7 +296,7 @@ def train(cfg: Config, comm: Communicator, run_dir: Path,
         kind = FullBatchCoordinator if cfg.optimizer.name == "lbfgs" else Coordinator
         coord = kind(cfg, comm, parts, run_dir, metrics)
         if snap is not None:
-            restore(coord, parts, snap, best, resume)
+            coord.restore(snap, best, resume)
         # Only once the checkpoint has been found to fit: a refused resume changes nothing.
         save_config_on_root(cfg, run_dir, comm)
         code = coord.run(stop)
@@ -305,23 +305,6 @@ def train(cfg: Config, comm: Communicator, run_dir: Path,
             test = score_test_split(coord, parts, stop)
             code = ExitCode.OK if test is not None else ExitCode.RESUMABLE
         return TrainResult(code, run_dir, test, parts.model)
-
-
-def restore(coord: Coordinator, parts: Parts, snap: ckpt.Snapshot, best: ckpt.Snapshot | None,
-            resume: Path | None) -> None:
-    """coord.restore(snap, best, resume). Its check of the normalisation against the data reads
-    a per-channel (mean, std); a mean_image or pca_whiten Preprocess was checked against the
-    images' whole shape when the model was built (build_parts, input_shape), so it is hidden
-    from that check. Collective."""
-    norm = parts.normalization
-    if not isinstance(norm, Preprocess):
-        coord.restore(snap, best, resume)
-        return
-    coord.normalization = None
-    try:
-        coord.restore(snap, best, resume)
-    finally:
-        coord.normalization = norm
 
 
 def score_test_split(coord: Coordinator, parts: Parts, stop: StopRequest) -> dict | None:

@@ -223,7 +223,8 @@ def test_a_run_trains_and_scores_on_the_preprocessed_inputs(tmp_path, monkeypatc
     rec = Recorder(monkeypatch)
     data = toy_h5(tmp_path, n_train=60)  # (4, 4, 1) images: D = 16
     result, rd = run(tmp_path, data, train={"epochs": 1, "global_batch": 25},
-                     data={"preprocess": kind, "pca_components": 6, "val_size": 10})
+                     data={"preprocess": kind, "val_size": 10,
+                           "pca_components": 6 if kind == "pca_whiten" else 0})
     images, _ = read_h5(data, "train")
     kept = np.unique(np.concatenate([b.indices for b in rec.batches]))
     assert len(kept) == 50  # the hold-out excluded from the statistics
@@ -256,7 +257,8 @@ DENSE10 = [{"type": "flatten"}, {"type": "dense", "units": 10}]
 def mini_config(kind: str, seed: int = 1):
     return from_dict({"name": kind, "seed": seed, "model": DENSE10,
                       "data": {"dataset": "mini_mnist", "train_size": 600, "val_size": 100,
-                               "preprocess": kind, "pca_components": 40},
+                               "preprocess": kind,
+                               "pca_components": 40 if kind == "pca_whiten" else 0},
                       "train": {"epochs": 1, "global_batch": 50},
                       "optimizer": {"name": "momentum", "mu": 0.9},
                       "schedule": {"name": "constant", "base_lr": 0.02},
