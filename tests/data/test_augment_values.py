@@ -137,12 +137,14 @@ def test_normalize_scales_batches_and_evaluation(tmp_path, rec, normalize):
 
 @pytest.mark.parametrize("val_size,validate_on,held_n", [
     (7, "holdout", 7), (0, "holdout", 4), (0, "test", 0)])  # 0: 10 % held out by default
-def test_val_size_holds_out_exactly_n_samples_never_trained_on(tmp_path, rec, val_size,
+def test_val_size_holds_out_exactly_n_samples_never_trained_on(tmp_path, rec, capfd, val_size,
                                                                 validate_on, held_n):
     data = toy_h5(tmp_path, n_train=40)
     result, rd = run(tmp_path, data, data={"normalize": False, "val_size": val_size,
                                            "validate_on": validate_on},
                      train={"epochs": 2})
+    warned = "warning: data.validate_on: test: early stopping" in capfd.readouterr().err
+    assert warned == (validate_on == "test")
     trained = [np.sort(np.concatenate([b.indices for b in rec.batches if b.epoch == e]))
                for e in (0, 1)]
     assert np.array_equal(trained[0], trained[1])  # the same samples each epoch, each once
