@@ -11,7 +11,8 @@ distnn img/s / torch img/s. Threads: threadpoolctl (BLAS, OpenMP), numba, distnn
 The distnn update is distnn.optim's "momentum" rule if it passes a two-step check, else an inline
 in-place update over the flat buffers (JSON "optimizer" says which). torch: the `bench` extra
 (`pip install torch==2.13.0`); without it the torch fields are null. --profile: per-layer distnn
-times, wrapped here (not in the library). --gemm: raw numpy SGEMM GFLOP/s, conv-shaped GEMMs.
+times, wrapped here (not in the library), and for each conv its algorithm and its effective and
+real GFLOP/s (see conv_gflop). --gemm: raw numpy SGEMM GFLOP/s, conv-shaped GEMMs.
 """
 
 from __future__ import annotations
@@ -187,18 +188,55 @@ def profile(model, batch: int, update, reps: int = 5) -> dict:
     return {name: {"forward_ms": f, "backward_ms": b} for name, (f, b) in rows.items()}
 
 
+# Winograd F(m x m, 3x3): (m, transformed tile side); its GEMMs do (m + 2)^2 multiply-adds per
+# tile, channel and filter instead of the direct form's 9 m^2 (transforms not counted).
+WINOGRAD_TILES = {"winograd": 2, "winograd4": 4}
+
+
+def conv_gflop(layer, batch: int) -> tuple[float, float]:
+    """(direct-convolution GFLOP, GFLOP of the multiply-adds its algorithm does) of one conv
+    layer's forward + backward pass at this batch: 2 FLOPs per multiply-add, one pass each for
+    out, dW and (unless it is the first layer) dx. im2col and direct do the direct form's."""
+    ho, wo, f = layer.out_shape
+    passes = 3 if layer.input_grad else 2
+    direct = 2.0 * batch * ho * wo * layer.k2 * f * passes / 1e9
+    m = WINOGRAD_TILES.get(layer.algorithm)
+    if m is None:
+        return direct, direct
+    tiles = batch * -(-ho // m) * -(-wo // m)
+    return direct, 2.0 * tiles * (m + 2) ** 2 * layer.channels * f * passes / 1e9
+
+
+def add_conv_rates(rows: dict, model, batch: int) -> None:
+    """Per conv layer of the profile: its algorithm, effective GFLOP/s (direct-convolution FLOPs
+    / its forward + backward time) and real GFLOP/s (the multiply-adds its algorithm does)."""
+    for layer in model.layers:
+        if layer.kind == "conv":
+            row = rows[layer.name]
+            seconds = (row["forward_ms"] + row["backward_ms"]) / 1e3
+            direct, real = conv_gflop(layer, batch)
+            row.update(algorithm=layer.algorithm, effective_gflops=direct / seconds,
+                       real_gflops=real / seconds)
+
+
 def print_profile(rows: dict, model) -> None:
     desc = {layer.name: layer.describe() + (f" {layer.algorithm}" if layer.kind == "conv" else "")
             for layer in model.layers}
     ms = {name: (r["forward_ms"], r["backward_ms"]) for name, r in rows.items()}
     total = sum(f + b for f, b in ms.values())
     print(f"\n{'layer':<12}{'(convs: the algorithm)':<34}"
-          f"{'fwd ms':>9}{'bwd ms':>9}{'sum ms':>9}{'share':>8}")
+          f"{'fwd ms':>9}{'bwd ms':>9}{'sum ms':>9}{'share':>8}"
+          f"{'eff GF/s':>10}{'real GF/s':>10}")
     for name, (f, b) in sorted(ms.items(), key=lambda kv: -sum(kv[1])):
+        rates = "".join(f"{rows[name][k]:>10.1f}" for k in ("effective_gflops", "real_gflops")
+                        if k in rows[name])
         print(f"{name:<12}{desc.get(name, '')[:33]:<34}{f:>9.2f}{b:>9.2f}{f + b:>9.2f}"
-              f"{100 * (f + b) / total:>7.1f}%")
+              f"{100 * (f + b) / total:>7.1f}%{rates}")
     print(f"{'total':<46}{sum(f for f, _ in ms.values()):>9.2f}"
           f"{sum(b for _, b in ms.values()):>9.2f}{total:>9.2f}")
+    print("  convs: eff GF/s = direct-convolution FLOPs (2 per multiply-add; out, dW and, but in "
+          "the first layer, dx) / (fwd + bwd); real GF/s = the multiply-adds the algorithm does "
+          "(Winograd: its GEMMs) / (fwd + bwd)")
 
 
 def sgemm_gflops(batch: int, reps: int = 5) -> dict:
@@ -250,6 +288,8 @@ def measure(args) -> dict:
         if args.profile:
             time.sleep(args.settle)  # torch's worker threads may still be spinning
         out["profile"] = profile(model, args.batch, update) if args.profile else None
+        if out["profile"]:
+            add_conv_rates(out["profile"], model, args.batch)
         out["rss"] = peak_rss_mb()
         out["gemm"] = sgemm_gflops(args.batch) if args.gemm else None
     return out

@@ -138,14 +138,19 @@ def test_algorithm_choice():
     model = Sequential([dict(type="conv", filters=32, kernel=3, pad=1),
                         dict(type="conv", filters=32, kernel=3, pad=1),
                         dict(type="conv", filters=32, kernel=2, stride=2)], (8, 8, 3), seed=0)
-    # 3 input channels: direct; 32 -> 32, 3x3/1, even output: Winograd; 2x2/2: im2col
-    assert [layer.algorithm for layer in model.layers] == ["direct", "winograd", "im2col"]
+    # 3x3/1 with 32 filters on an 8x8 output (a multiple of 4): Winograd F(4x4), 3 input
+    # channels or 32; 2x2/2: im2col
+    assert [layer.algorithm for layer in model.layers] == ["winograd4", "winograd4", "im2col"]
+    small = Sequential([dict(type="conv", filters=32, kernel=3, pad=1)], (4, 4, 32), seed=0)
+    assert small.layers[0].algorithm == "winograd"  # a 4x4 output: F(2x2)
     seed = Sequential([dict(type="conv", filters=10, kernel=3, pad=1),
                        dict(type="conv", filters=10, kernel=3, pad=1),
-                       dict(type="conv", filters=32, kernel=3, pad=1),  # 10 channels: thin
+                       dict(type="conv", filters=16, kernel=3, pad=1),  # 10 channels: thin
+                       dict(type="conv", filters=32, kernel=3, pad=1),  # 32 filters: F(4x4)
                        dict(type="conv", filters=8, kernel=3, pad=3),  # padding 3: im2col
                        dict(type="conv", filters=8, kernel=5, pad=2)], (8, 8, 3), seed=0)
-    assert [layer.algorithm for layer in seed.layers] == ["direct"] * 3 + ["im2col"] * 2
+    assert [layer.algorithm for layer in seed.layers] == \
+        ["direct"] * 3 + ["winograd4"] + ["im2col"] * 2
 
 
 def test_padded_tiles_is_odd_and_large_enough():

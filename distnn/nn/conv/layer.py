@@ -10,14 +10,17 @@ from distnn.nn.conv.algorithm import ConvAlgorithm
 from distnn.nn.conv.direct import Direct
 from distnn.nn.conv.im2col import Im2col
 from distnn.nn.conv.winograd import Winograd
+from distnn.nn.conv.winograd4 import Winograd4
 from distnn.nn.errors import ShapeError, SpecError
 from distnn.nn.init import fill_normal, init_std
 
-# Tried in this order when a layer is built; the first usable one computes it: F(2x2, 3x3)
-# Winograd where it applies and pays (2.25x fewer multiplies), the direct kernel for thin 3x3
-# convs, else im2col + GEMM (which fits every conv). All compute the same function
-# (tests/nn/test_conv_algorithms.py).
-ALGORITHMS: tuple[type[ConvAlgorithm], ...] = (Winograd, Direct, Im2col)
+# Tried in this order when a layer is built; the first usable one computes it: F(4x4, 3x3)
+# Winograd on maps of 8x8 and more (multiples of 4) with 16+ channels and filters or 32+
+# filters (2.25 multiplies per output, channel and filter), F(2x2, 3x3) where it applies and
+# pays (4 per output: smaller or other even maps), the direct kernel for thin 3x3 convs, else
+# im2col + GEMM (which fits every conv). All compute the same function
+# (tests/nn/test_conv_algorithms.py, test_winograd4.py).
+ALGORITHMS: tuple[type[ConvAlgorithm], ...] = (Winograd4, Winograd, Direct, Im2col)
 
 
 class Conv2D(Layer):

@@ -1,0 +1,136 @@
+"""Winograd F(4x4, 3x3): 3x3 stride-1 convs on maps large enough and wide enough to pay.
+
+Drives the transforms of distnn/nn/winograd4.py (where the method is explained) chunk by chunk
+of images, as conv/winograd.py drives F(2x2, 3x3): a chunk's transformed tiles stay in cache
+between a transform and its 36 GEMMs. Any output size fits: a last row or column of tiles that
+reaches past the output computes outputs that are dropped (and take a zero d(out)).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from distnn.nn import threads, winograd, winograd4
+from distnn.nn.conv import common
+from distnn.nn.conv.algorithm import ConvAlgorithm, ConvLayer
+
+
+class Winograd4(ConvAlgorithm):
+    name = "winograd4"
+    # Winograd tiles (4x4 outputs each) processed at a time: the layers of the cifar net
+    # (32->32 at 32x32, 32->64 and 64->64 at 16x16, 64->64 at 8x8), forward + backward at batch
+    # 128 on one thread, were 3-5 % faster with 256 than with 64 or 128 and 5-20 % slower with
+    # 512 or 1024 (the GEMMs get taller, the work arrays fall out of cache).
+    CHUNK_TILES: ClassVar[int] = 256
+    # Where it pays (worthwhile): forward + backward (with dx unless said) of one layer at batch
+    # 128 on one thread, the algorithm forced, ms as F(4x4) / F(2x2) / direct, C->F at HxW:
+    #   32->32@32 72/85/-, 64->64@16 55/68/-, 32->64@16 29/40/-, 64->64@8 12/16/-, 32->32@8
+    #   4.5/5.7/-, 32->32@12 11.6/13.6/-: F(4x4) on maps of 8x8 and more, multiples of 4;
+    #   4x4 (one tile an image): 16..64 channels 0.7/0.8, 1.7/2.0, 3.6/6.5 but 128->128 22/20,
+    #   within the noise of a shared machine: left to F(2x2); ragged (the last tiles computed
+    #   past the output) 32->32@6 4.6/3.6, 64->64@6 11.4/9.2, 32->32@14 17.7/17.8: F(2x2);
+    #   thin inputs with 32+ filters: 3->32@32 36/48/51 (a first layer, without dx: 25/-/47),
+    #   3->32@8 2.4/-/3.9, 8->32@32 41/-/78, 10->32@16 12/-/25: F(4x4); but 3->16@32 (first
+    #   layer) 20/-/23, 3->10@32 26/29/16, 10->10@32 36/40/29, 10->10@16 8.8/10/7.6: direct.
+    # In a model: `python -m benchmarks.step_throughput --model cifar --batch 128 --threads 1
+    # --profile` (each conv's ms and GFLOP/s).
+    MIN_CHANNELS: ClassVar[int] = 16  # channels and filters, or
+    MIN_FILTERS: ClassVar[int] = 32  # filters alone (a thin input, as in a first layer)
+    MIN_SIZE: ClassVar[int] = 8  # output height and width, multiples of 4
+    x: np.ndarray  # the input, for backward
+    u: np.ndarray  # the transformed filters, for backward (the weights do not change between)
+
+    @staticmethod
+    def fits(layer: ConvLayer) -> bool:
+        """3x3, stride 1, any padding and output size."""
+        return layer.kernel == 3 and layer.stride == 1
+
+    @staticmethod
+    def worthwhile(layer: ConvLayer) -> bool:
+        wide = (min(layer.channels, layer.filters) >= Winograd4.MIN_CHANNELS
+                or layer.filters >= Winograd4.MIN_FILTERS)
+        return (wide and min(layer.ho, layer.wo) >= Winograd4.MIN_SIZE
+                and layer.ho % 4 == 0 and layer.wo % 4 == 0)
+
+    @staticmethod
+    def _tiles(layer: ConvLayer) -> tuple[int, int]:
+        return winograd4.tiles(layer.ho), winograd4.tiles(layer.wo)
+
+    def _chunk(self, layer: ConvLayer, n: int) -> int:
+        """Images per chunk: about CHUNK_TILES tiles (see Im2col._chunk)."""
+        th, tw = self._tiles(layer)
+        return max(1, min(n, self.CHUNK_TILES // (th * tw)))
+
+    @staticmethod
+    def _filters(layer: ConvLayer) -> np.ndarray:
+        """The transformed filters U (36, C, F) of the current weights, formed in float64 and
+        rounded once (G's thirds and sixths are inexact in float32)."""
+        c, f = layer.channels, layer.filters
+        u64 = layer.buffer("U64", (36, c, f), np.float64)
+        w64 = layer.buffer("W64", (3, 3, c, f), np.float64)
+        w64[...] = layer.p["W"]
+        winograd4.filter_transform(w64, u64, winograd4.G,
+                                   layer.buffer("u_tmp", (6, 3, c * f), np.float64))
+        u = layer.buffer("U", (36, c, f))
+        u[...] = u64
+        return u
+
+    @staticmethod
+    def _buffers(layer: ConvLayer, step: int,
+                 workers: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per-worker V (36, rows, C) and M (36, rows, F) for chunks of `step` images."""
+        th, tw = Winograd4._tiles(layer)
+        rows = winograd.padded_tiles(step * th * tw)
+        return (common.per_worker(layer, "V", (36, rows, layer.channels), workers),
+                common.per_worker(layer, "M", (36, rows, layer.filters), workers))
+
+    def forward(self, layer: ConvLayer, x: np.ndarray, out: np.ndarray) -> None:
+        n, (th, tw) = x.shape[0], self._tiles(layer)
+        u = self.u = self._filters(layer)
+        step = self._chunk(layer, n)
+        chunks = common.chunk_ranges(n, step)
+        v, m = self._buffers(layer, step, threads.workers(len(chunks)))
+
+        def job(w: int, i: int) -> None:
+            n0, n1 = chunks[i]
+            t = (n1 - n0) * th * tw
+            # The kernels take the whole (contiguous) buffers and fill the first t tiles.
+            winograd4.input_transform(x[n0:n1], v[w], layer.pad, th, tw)
+            np.matmul(v[w][:, :t], u, out=m[w][:, :t])
+            winograd4.output_transform(m[w], out[n0:n1], layer.p["b"], layer.fuse_relu, th, tw)
+
+        threads.run(job, range(len(chunks)))
+        self.x = common.kept_input(layer, x)
+
+    def backward(self, layer: ConvLayer, dout: np.ndarray, out: np.ndarray,
+                 dx: np.ndarray | None) -> None:
+        x, u, c, f = self.x, self.u, layer.channels, layer.filters
+        n, (th, tw) = x.shape[0], self._tiles(layer)
+        dout = common.bias_grad(layer, dout, out).reshape(n, layer.ho, layer.wo, f)
+        step = self._chunk(layer, n)
+        chunks = common.chunk_ranges(n, step)
+        groups = threads.groups(len(chunks))
+        k = threads.workers(len(groups))
+        v, dm = self._buffers(layer, step, k)
+        part = common.per_worker(layer, "dU_part", (36, c, f), k)
+        dus = layer.buffer("dU_groups", (len(groups), 36, c, f))
+
+        def work(w: int, n0: int, n1: int, du_chunk: np.ndarray) -> None:
+            t = (n1 - n0) * th * tw
+            vc, dmc = v[w][:, :t], dm[w][:, :t]
+            winograd4.input_transform(x[n0:n1], v[w], layer.pad, th, tw)
+            winograd4.output_transform_adjoint(dout[n0:n1], dm[w], th, tw)
+            np.matmul(vc.transpose(0, 2, 1), dmc, out=du_chunk)
+            if dx is not None:  # the chunk's V is used: reuse it for dV
+                np.matmul(dmc, u.transpose(0, 2, 1), out=vc)
+                winograd4.input_transform_adjoint(v[w], dx[n0:n1], layer.pad, th, tw)
+
+        common.accumulate(chunks, groups, dus, part, work)
+        du = layer.buffer("dU", (36, c, f))
+        common.sum_groups(dus, du)
+        gt = layer.buffer("GT", (3, 6))
+        gt[...] = winograd4.G.T
+        winograd4.filter_transform_adjoint(du, layer.g["W"], gt,
+                                           layer.buffer("du_tmp", (3, 6, c * f)))
