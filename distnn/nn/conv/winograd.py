@@ -6,7 +6,7 @@ images, so that the transformed tiles stay in cache between a transform and its 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -24,6 +24,11 @@ class Winograd(ConvAlgorithm):
     # transforms: im2col + GEMM is faster (measured with benchmarks/step_throughput.py --profile:
     # 3->32 and 10->10 convs at 32x32 are 25-30 % slower as Winograd, 32->32 is 2x faster).
     MIN_CHANNELS: ClassVar[int] = 16
+    # The Numba transforms (distnn/nn/winograd.py) and the number of points of a tile (the
+    # batched GEMMs per chunk): F(4x4) (conv/winograd4.py) declares its own, the drivers below
+    # are shared.
+    KERNELS: ClassVar[Any] = winograd
+    AREA: ClassVar[int] = 16
     x: np.ndarray  # the input, for backward
     u: np.ndarray  # the transformed filters, for backward (the weights do not change between)
 
@@ -38,9 +43,15 @@ class Winograd(ConvAlgorithm):
     def worthwhile(layer: ConvLayer) -> bool:
         return min(layer.channels, layer.filters) >= Winograd.MIN_CHANNELS
 
+    @staticmethod
+    def _tiles(layer: ConvLayer) -> tuple[int, int]:
+        """Tiles down and across an image."""
+        return layer.ho // 2, layer.wo // 2
+
     def _chunk(self, layer: ConvLayer, n: int) -> int:
         """Images per chunk: about CHUNK_TILES tiles (see Im2col._chunk)."""
-        return max(1, min(n, self.CHUNK_TILES // ((layer.ho // 2) * (layer.wo // 2))))
+        th, tw = self._tiles(layer)
+        return max(1, min(n, self.CHUNK_TILES // (th * tw)))
 
     @staticmethod
     def _filters(layer: ConvLayer) -> np.ndarray:
@@ -52,16 +63,17 @@ class Winograd(ConvAlgorithm):
         winograd.filter_transform(layer.p["W"], u, g, layer.buffer("u_tmp", (4, 3, c * f)))
         return u
 
-    @staticmethod
-    def _buffers(layer: ConvLayer, step: int,
+    @classmethod
+    def _buffers(cls, layer: ConvLayer, step: int,
                  workers: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Per-worker V (16, rows, C) and M (16, rows, F) for chunks of `step` images."""
-        rows = winograd.padded_tiles(step * (layer.ho // 2) * (layer.wo // 2))
-        return (common.per_worker(layer, "V", (16, rows, layer.channels), workers),
-                common.per_worker(layer, "M", (16, rows, layer.filters), workers))
+        """Per-worker V (AREA, rows, C) and M (AREA, rows, F) for chunks of `step` images."""
+        th, tw = cls._tiles(layer)
+        rows = winograd.padded_tiles(step * th * tw)
+        return (common.per_worker(layer, "V", (cls.AREA, rows, layer.channels), workers),
+                common.per_worker(layer, "M", (cls.AREA, rows, layer.filters), workers))
 
     def forward(self, layer: ConvLayer, x: np.ndarray, out: np.ndarray) -> None:
-        n, th, tw = x.shape[0], layer.ho // 2, layer.wo // 2
+        n, (th, tw), kern = x.shape[0], self._tiles(layer), self.KERNELS
         u = self.u = self._filters(layer)
         step = self._chunk(layer, n)
         chunks = common.chunk_ranges(n, step)
@@ -71,40 +83,41 @@ class Winograd(ConvAlgorithm):
             n0, n1 = chunks[i]
             t = (n1 - n0) * th * tw
             # The kernels take the whole (contiguous) buffers and fill the first t tiles.
-            winograd.input_transform(x[n0:n1], v[w], layer.pad, th, tw)
+            kern.input_transform(x[n0:n1], v[w], layer.pad, th, tw)
             np.matmul(v[w][:, :t], u, out=m[w][:, :t])
-            winograd.output_transform(m[w], out[n0:n1], layer.p["b"], layer.fuse_relu, th, tw)
+            kern.output_transform(m[w], out[n0:n1], layer.p["b"], layer.fuse_relu, th, tw)
 
         threads.run(job, range(len(chunks)))
         self.x = common.kept_input(layer, x)
 
     def backward(self, layer: ConvLayer, dout: np.ndarray, out: np.ndarray,
                  dx: np.ndarray | None) -> None:
-        x, u, c, f = self.x, self.u, layer.channels, layer.filters
-        n, th, tw = x.shape[0], layer.ho // 2, layer.wo // 2
+        x, u, c, f, kern = self.x, self.u, layer.channels, layer.filters, self.KERNELS
+        n, (th, tw), area = x.shape[0], self._tiles(layer), self.AREA
         dout = common.bias_grad(layer, dout, out).reshape(n, layer.ho, layer.wo, f)
         step = self._chunk(layer, n)
         chunks = common.chunk_ranges(n, step)
         groups = threads.groups(len(chunks))
         k = threads.workers(len(groups))
         v, dm = self._buffers(layer, step, k)
-        part = common.per_worker(layer, "dU_part", (16, c, f), k)
-        dus = layer.buffer("dU_groups", (len(groups), 16, c, f))
+        part = common.per_worker(layer, "dU_part", (area, c, f), k)
+        dus = layer.buffer("dU_groups", (len(groups), area, c, f))
 
         def work(w: int, n0: int, n1: int, du_chunk: np.ndarray) -> None:
             t = (n1 - n0) * th * tw
             vc, dmc = v[w][:, :t], dm[w][:, :t]
-            winograd.input_transform(x[n0:n1], v[w], layer.pad, th, tw)
-            winograd.output_transform_adjoint(dout[n0:n1], dm[w], th, tw)
+            kern.input_transform(x[n0:n1], v[w], layer.pad, th, tw)
+            kern.output_transform_adjoint(dout[n0:n1], dm[w], th, tw)
             np.matmul(vc.transpose(0, 2, 1), dmc, out=du_chunk)
             if dx is not None:  # the chunk's V is used: reuse it for dV
                 np.matmul(dmc, u.transpose(0, 2, 1), out=vc)
-                winograd.input_transform_adjoint(v[w], dx[n0:n1], layer.pad, th, tw)
+                kern.input_transform_adjoint(v[w], dx[n0:n1], layer.pad, th, tw)
 
         common.accumulate(chunks, groups, dus, part, work)
-        du = layer.buffer("dU", (16, c, f))
+        du = layer.buffer("dU", (area, c, f))
         common.sum_groups(dus, du)
-        gt = layer.buffer("GT", (3, 4))
-        gt[...] = winograd.G.T
-        winograd.filter_transform_adjoint(du, layer.g["W"], gt,
-                                          layer.buffer("du_tmp", (3, 4, c * f)))
+        side = kern.G.shape[0]  # points per tile side: 4 or 6
+        gt = layer.buffer("GT", (3, side))
+        gt[...] = kern.G.T
+        kern.filter_transform_adjoint(du, layer.g["W"], gt,
+                                      layer.buffer("du_tmp", (3, side, c * f)))

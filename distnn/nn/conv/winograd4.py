@@ -1,24 +1,27 @@
 """Winograd F(4x4, 3x3): 3x3 stride-1 convs on maps large enough and wide enough to pay.
 
 Drives the transforms of distnn/nn/winograd4.py (where the method is explained) chunk by chunk
-of images, as conv/winograd.py drives F(2x2, 3x3): a chunk's transformed tiles stay in cache
-between a transform and its 36 GEMMs. Any output size fits: a last row or column of tiles that
-reaches past the output computes outputs that are dropped (and take a zero d(out)).
+of images with the drivers of conv/winograd.py (F(2x2, 3x3)), whose subclass it is: a chunk's
+transformed tiles stay in cache between a transform and its 36 GEMMs. Any output size fits: a
+last row or column of tiles that reaches past the output computes outputs that are dropped (and
+take a zero d(out)).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
-from distnn.nn import threads, winograd, winograd4
-from distnn.nn.conv import common
-from distnn.nn.conv.algorithm import ConvAlgorithm, ConvLayer
+from distnn.nn import winograd4
+from distnn.nn.conv.algorithm import ConvLayer
+from distnn.nn.conv.winograd import Winograd
 
 
-class Winograd4(ConvAlgorithm):
+class Winograd4(Winograd):
     name = "winograd4"
+    KERNELS: ClassVar[Any] = winograd4
+    AREA: ClassVar[int] = 36
     # Winograd tiles (4x4 outputs each) processed at a time: the layers of the cifar net
     # (32->32 at 32x32, 32->64 and 64->64 at 16x16, 64->64 at 8x8), forward + backward at batch
     # 128 on one thread, were 3-5 % faster with 256 than with 64 or 128 and 5-20 % slower with
@@ -58,11 +61,6 @@ class Winograd4(ConvAlgorithm):
     def _tiles(layer: ConvLayer) -> tuple[int, int]:
         return winograd4.tiles(layer.ho), winograd4.tiles(layer.wo)
 
-    def _chunk(self, layer: ConvLayer, n: int) -> int:
-        """Images per chunk: about CHUNK_TILES tiles (see Im2col._chunk)."""
-        th, tw = self._tiles(layer)
-        return max(1, min(n, self.CHUNK_TILES // (th * tw)))
-
     @staticmethod
     def _filters(layer: ConvLayer) -> np.ndarray:
         """The transformed filters U (36, C, F) of the current weights, formed in float64 and
@@ -76,61 +74,3 @@ class Winograd4(ConvAlgorithm):
         u = layer.buffer("U", (36, c, f))
         u[...] = u64
         return u
-
-    @staticmethod
-    def _buffers(layer: ConvLayer, step: int,
-                 workers: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Per-worker V (36, rows, C) and M (36, rows, F) for chunks of `step` images."""
-        th, tw = Winograd4._tiles(layer)
-        rows = winograd.padded_tiles(step * th * tw)
-        return (common.per_worker(layer, "V", (36, rows, layer.channels), workers),
-                common.per_worker(layer, "M", (36, rows, layer.filters), workers))
-
-    def forward(self, layer: ConvLayer, x: np.ndarray, out: np.ndarray) -> None:
-        n, (th, tw) = x.shape[0], self._tiles(layer)
-        u = self.u = self._filters(layer)
-        step = self._chunk(layer, n)
-        chunks = common.chunk_ranges(n, step)
-        v, m = self._buffers(layer, step, threads.workers(len(chunks)))
-
-        def job(w: int, i: int) -> None:
-            n0, n1 = chunks[i]
-            t = (n1 - n0) * th * tw
-            # The kernels take the whole (contiguous) buffers and fill the first t tiles.
-            winograd4.input_transform(x[n0:n1], v[w], layer.pad, th, tw)
-            np.matmul(v[w][:, :t], u, out=m[w][:, :t])
-            winograd4.output_transform(m[w], out[n0:n1], layer.p["b"], layer.fuse_relu, th, tw)
-
-        threads.run(job, range(len(chunks)))
-        self.x = common.kept_input(layer, x)
-
-    def backward(self, layer: ConvLayer, dout: np.ndarray, out: np.ndarray,
-                 dx: np.ndarray | None) -> None:
-        x, u, c, f = self.x, self.u, layer.channels, layer.filters
-        n, (th, tw) = x.shape[0], self._tiles(layer)
-        dout = common.bias_grad(layer, dout, out).reshape(n, layer.ho, layer.wo, f)
-        step = self._chunk(layer, n)
-        chunks = common.chunk_ranges(n, step)
-        groups = threads.groups(len(chunks))
-        k = threads.workers(len(groups))
-        v, dm = self._buffers(layer, step, k)
-        part = common.per_worker(layer, "dU_part", (36, c, f), k)
-        dus = layer.buffer("dU_groups", (len(groups), 36, c, f))
-
-        def work(w: int, n0: int, n1: int, du_chunk: np.ndarray) -> None:
-            t = (n1 - n0) * th * tw
-            vc, dmc = v[w][:, :t], dm[w][:, :t]
-            winograd4.input_transform(x[n0:n1], v[w], layer.pad, th, tw)
-            winograd4.output_transform_adjoint(dout[n0:n1], dm[w], th, tw)
-            np.matmul(vc.transpose(0, 2, 1), dmc, out=du_chunk)
-            if dx is not None:  # the chunk's V is used: reuse it for dV
-                np.matmul(dmc, u.transpose(0, 2, 1), out=vc)
-                winograd4.input_transform_adjoint(v[w], dx[n0:n1], layer.pad, th, tw)
-
-        common.accumulate(chunks, groups, dus, part, work)
-        du = layer.buffer("dU", (36, c, f))
-        common.sum_groups(dus, du)
-        gt = layer.buffer("GT", (3, 6))
-        gt[...] = winograd4.G.T
-        winograd4.filter_transform_adjoint(du, layer.g["W"], gt,
-                                           layer.buffer("du_tmp", (3, 6, c * f)))
