@@ -26,7 +26,7 @@ from distnn.optim import LBFGS
 from distnn.train.exact import gather_sum
 from distnn.train.loop import Coordinator
 from distnn.train.signals import StopRequest
-from distnn.train.step import _right, parameter_checksum
+from distnn.train.step import _right, check_replicas, parameter_checksum
 
 
 class FullBatch:
@@ -149,6 +149,9 @@ class FullBatchCoordinator(Coordinator):
         s.epoch_seconds = time.perf_counter() - tick
         if s.initial_loss is None:
             s.initial_loss = f
+        every = self.cfg.train.consistency_every
+        if every and s.step % every == 0:
+            check_replicas(model, self.comm, s.step)  # every replica took the same step
         if self.is_root and it.converged:
             self.metrics.add({"epoch": s.epoch, "step": s.step, "split": "lbfgs",
                               "converged": it.reason, "evals": self.lbfgs.evals})

@@ -79,7 +79,7 @@ def final_params(run_dir):
 def test_two_ranks_train_to_one_process(tmp_path, invariant):
     mpiexec()
     cfg = lbfgs_config(tmp_path / "c.yaml", model=MLP, epochs=4, l2=0.001, l1=0.0001,
-                       invariant=invariant, groups=4)
+                       invariant=invariant, groups=4, consistency_every=1)  # replica CRCs
     one = run(["train", str(cfg), "--run-dir", str(tmp_path / "one")])
     two = run(["train", str(cfg), "--run-dir", str(tmp_path / "two")], ranks=2)
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
