@@ -179,11 +179,14 @@ def profile(model, batch: int, update, reps: int = 5) -> dict:
 
     for _ in range(reps):
         h = x
-        for layer in model.layers:
-            h = clock(layer.name, 0, layer.forward, h, True)
+        # As Sequential.forward/backward do: linked layers hand data on in their own forms.
+        with model.handing_over("forward"):
+            for layer in model.layers:
+                h = clock(layer.name, 0, layer.forward, h, True)
         _, d = clock("loss", 0, softmax_cross_entropy, h, y)
-        for layer in reversed(model.layers):
-            d = clock(layer.name, 1, layer.backward, d)
+        with model.handing_over("backward"):
+            for layer in reversed(model.layers):
+                d = clock(layer.name, 1, layer.backward, d)
         clock("update", 1, update, LR)
     return {name: {"forward_ms": f, "backward_ms": b} for name, (f, b) in rows.items()}
 

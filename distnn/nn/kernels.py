@@ -93,42 +93,28 @@ def relu_backward_(dout, out):
 
 
 @njit
-def _pair_max(row, m, k, wo, c):
-    """m[j*c + ch] = max(row[2j*c + ch], row[(2j+1)*c + ch]), k = 1 where the second is strictly
-    greater (so the first wins a tie); row is an NHWC image row, flattened."""
-    for j in range(wo):
-        base = 2 * j * c
-        for ch in range(c):
-            a, b = row[base + ch], row[base + c + ch]
-            if b > a:
-                m[j * c + ch] = b
-                k[j * c + ch] = 1
-            else:
-                m[j * c + ch] = a
-                k[j * c + ch] = 0
-
-
-@njit
 def _maxpool2_forward(x, out, arg):
-    """maxpool_forward for 2x2 windows, stride 2: pairs within each of the two rows, then the
-    two rows against each other over whole flattened rows (contiguous: vectorises). The
-    winner is the first maximum in raster order, as in the general loop (measured 3x faster
-    than it for 10 channels)."""
+    """maxpool_forward for 2x2 windows, stride 2: within each row pair the two columns, then the
+    two rows, all as selects (no branch: with ReLU outputs the winner is as random as a coin,
+    and a mispredicted branch costs more than the select; no work arrays either). The
+    winner is the first maximum in raster order, as in the general loop (measured 1.35x faster
+    than the pairwise-rows form before it, 10 channels on 32x32)."""
     n_, ho, wo, c = out.shape
-    m0, k0 = np.empty(wo * c, dtype=x.dtype), np.empty(wo * c, dtype=np.int32)
-    m1, k1 = np.empty(wo * c, dtype=x.dtype), np.empty(wo * c, dtype=np.int32)
     for n in range(n_):
         for i in range(ho):
-            _pair_max(x[n, 2 * i].reshape(-1), m0, k0, wo, c)
-            _pair_max(x[n, 2 * i + 1].reshape(-1), m1, k1, wo, c)
+            r0, r1 = x[n, 2 * i].reshape(-1), x[n, 2 * i + 1].reshape(-1)
             o, a = out[n, i].reshape(-1), arg[n, i].reshape(-1)
-            for t in range(wo * c):
-                if m1[t] > m0[t]:
-                    o[t] = m1[t]
-                    a[t] = k1[t] + 2
-                else:
-                    o[t] = m0[t]
-                    a[t] = k0[t]
+            for j in range(wo):
+                b0 = 2 * j * c
+                for ch in range(c):
+                    v0, v1 = r0[b0 + ch], r0[b0 + c + ch]
+                    v2, v3 = r1[b0 + ch], r1[b0 + c + ch]
+                    k0 = np.int32(1) if v1 > v0 else np.int32(0)
+                    m0 = v1 if v1 > v0 else v0
+                    k1 = np.int32(3) if v3 > v2 else np.int32(2)
+                    m1 = v3 if v3 > v2 else v2
+                    o[j * c + ch] = m1 if m1 > m0 else m0
+                    a[j * c + ch] = k1 if m1 > m0 else k0
 
 
 @njit
@@ -165,30 +151,42 @@ def maxpool_forward(x, out, arg, size, stride):
 
 
 @njit
-def _maxpool2_backward(dout, arg, dx):
-    """maxpool_backward for 2x2 windows, stride 2, over flattened rows (2.5x faster)."""
-    n_, ho, wo, c = dout.shape
+def _maxpool2_backward(dbits, arg, xbits):
+    """maxpool_backward for 2x2 windows, stride 2, on dout and dx viewed as integers of their
+    size (dbits, xbits): each of the four positions of a window gets the value anded with an
+    all-ones or all-zeros mask, never a branch (the winner of a window is a coin toss, and
+    Numba compiled the selects of floats here into branches: measured 3-5x faster, the same
+    bits)."""
+    n_, ho, wo, c = dbits.shape
     for n in range(n_):
         for i in range(ho):
-            g, a = dout[n, i].reshape(-1), arg[n, i].reshape(-1)
-            for p in range(2):
-                row = dx[n, 2 * i + p].reshape(-1)
-                for j in range(wo):
-                    base = 2 * j * c
-                    for ch in range(c):
-                        t = j * c + ch
-                        k, v = a[t], g[t]
-                        row[base + ch] = v if k == 2 * p else 0.0
-                        row[base + c + ch] = v if k == 2 * p + 1 else 0.0
+            g, a = dbits[n, i].reshape(-1), arg[n, i].reshape(-1)
+            r0, r1 = xbits[n, 2 * i].reshape(-1), xbits[n, 2 * i + 1].reshape(-1)
+            for j in range(wo):
+                base = 2 * j * c
+                gj, aj = g[j * c:], a[j * c:]
+                d00, d01, d10, d11 = r0[base:], r0[base + c:], r1[base:], r1[base + c:]
+                for ch in range(c):
+                    k, v = aj[ch], gj[ch]
+                    d00[ch] = v & -np.int32(k == 0)
+                    d01[ch] = v & -np.int32(k == 1)
+                    d10[ch] = v & -np.int32(k == 2)
+                    d11[ch] = v & -np.int32(k == 3)
+
+
+def maxpool_backward(dout, arg, dx, size, stride):
+    """Route dout (N, Ho, Wo, C) to the argmax of each window in dx (N, H, W, C) (zeroed here)."""
+    if size == 2 and stride == 2 and dout.flags.c_contiguous and dx.flags.c_contiguous:
+        bits = np.dtype(f"i{dx.itemsize}")
+        _maxpool2_backward(dout.view(bits), arg, dx.view(bits))
+    else:
+        _maxpool_backward(dout, arg, dx, size, stride)
 
 
 @njit
-def maxpool_backward(dout, arg, dx, size, stride):
-    """Route dout (N, Ho, Wo, C) to the argmax of each window in dx (N, H, W, C) (zeroed here)."""
+def _maxpool_backward(dout, arg, dx, size, stride):
+    """maxpool_backward, any window and stride."""
     n_, ho, wo, c = dout.shape
-    if size == 2 and stride == 2:
-        _maxpool2_backward(dout, arg, dx)
-        return
     tiled = stride == size  # windows tile the input exactly: each dx element written once
     if not tiled:
         dx[:] = 0.0

@@ -11,8 +11,8 @@ import fnmatch
 import inspect
 import math
 import re
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from itertools import pairwise
 from typing import Any, cast
 
@@ -22,6 +22,7 @@ from numpy.typing import DTypeLike
 from distnn.nn.activations import ELU, LeakyReLU, Maxout, PReLU, ReLU, Sigmoid, Tanh
 from distnn.nn.base import Layer
 from distnn.nn.conv import Conv2D
+from distnn.nn.conv.algorithm import Handoff
 from distnn.nn.dense import Dense, Flatten
 from distnn.nn.errors import SpecError, StateError
 from distnn.nn.jit import njit
@@ -147,6 +148,11 @@ class Sequential:
         self.input_grad = input_grad
         self.layers[0].input_grad = input_grad
         self._fuse_relus()
+        self._wired = self._wire()
+        # Convs that hand their output to the next conv or compute the pool after them: they
+        # need not write it in Sequential.forward.
+        self._handing_on = [layer.handoff for layer in self.layers if isinstance(layer, Conv2D)
+                            and (layer.handoff.after or layer.handoff.pool_after) is not None]
         self._bind(extra_grad_slots)
         self.frozen: tuple[str, ...] = ()
         self.backward_stop = 0  # backward runs layers[backward_stop:] (see freeze)
@@ -165,6 +171,25 @@ class Sequential:
             if isinstance(layer, ReLU) and isinstance(prev, (Conv2D, Dense)):
                 prev.fuse_relu = layer.fused = True
                 layer.fused_backward = isinstance(prev, Conv2D)
+
+    def _wire(self) -> list[Handoff | MaxPool2D]:
+        """Tell each conv followed by a conv or a max pool, directly or through its fused ReLU,
+        who its neighbour is: direct convs then hand planar data to each other and take the
+        pool's d(out) (conv/direct.py; each checks at run time that the forms allow it).
+        Returns what Sequential.backward switches on while it runs."""
+        wired: list[Handoff | MaxPool2D] = []
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Conv2D):
+                continue
+            j = i + 2 if i + 2 < len(self.layers) and layer.fuse_relu else i + 1
+            nxt = self.layers[j] if j < len(self.layers) else None
+            if isinstance(nxt, Conv2D):
+                layer.handoff.after, nxt.handoff.before = nxt, layer
+                wired.append(nxt.handoff)
+            elif isinstance(nxt, MaxPool2D) and nxt.size == nxt.stride == 2:
+                layer.handoff.pool_after, nxt.producer = nxt, layer
+                wired.append(nxt)
+        return wired
 
     def _bind(self, extra: int) -> None:
         pslots, ptotal = _layout(self.layers, lambda layer: layer.param_shapes())
@@ -201,8 +226,9 @@ class Sequential:
         layers run in evaluation mode (see freeze). The result is a work buffer of the model
         (reused by the next call), never a view of the caller's x."""
         given = x
-        for layer in self.layers:
-            x = layer.forward(x, training and not layer.frozen)
+        with self.handing_over("forward"):
+            for layer in self.layers:
+                x = layer.forward(x, training and not layer.frozen)
         # Flatten and evaluation-mode dropout pass their input on as a view: a model made of
         # only such layers would hand back the caller's own array.
         return x.copy() if np.may_share_memory(x, given) else x
@@ -219,11 +245,34 @@ class Sequential:
         """
         if not overwrite:
             dout = dout.copy()
-        for i in range(len(self.layers) - 1, self.backward_stop - 1, -1):
-            # Only the first layer visited returns None (it computes no input gradient).
-            dout = cast(np.ndarray, self.layers[i].backward(dout))
-            self.layer_done(i, l2, l1)
+        with self.handing_over("backward"):
+            for i in range(len(self.layers) - 1, self.backward_stop - 1, -1):
+                # Only the first layer visited returns None (it computes no input gradient).
+                dout = cast(np.ndarray, self.layers[i].backward(dout))
+                self.layer_done(i, l2, l1)
         return dout
+
+    @contextmanager
+    def handing_over(self, phase: str) -> Iterator[None]:
+        """While open, the layers that _wire linked hand data to each other in their own forms
+        in this phase ("forward": a conv whose output only the next conv reads leaves its NHWC
+        output unwritten; "backward": input gradients go straight into the layer before's
+        planar buffers, and a max pool's d(out) to the conv before it). Sequential.forward
+        and backward open it; whoever drives the layers one by one in the same order may too
+        (benchmarks/step_throughput.py's per-layer profile)."""
+        items: Sequence[Handoff | MaxPool2D] = self._wired if phase == "backward" else []
+        hands = self._handing_on if phase == "forward" else []
+        for item in items:
+            item.wired = True
+        for hand in hands:
+            hand.skip_out = True
+        try:
+            yield
+        finally:
+            for item in items:
+                item.wired = False
+            for hand in hands:
+                hand.skip_out = False
 
     def layer_done(self, i: int, l2: float = 0.0, l1: float = 0.0) -> None:
         """Layer i's gradients are complete: add l2 * W, then l1 * sign(W), to its decayed

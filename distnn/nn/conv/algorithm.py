@@ -9,10 +9,13 @@ reused from step to step); the instance keeps only what its forward pass leaves 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import numpy as np
 from numpy.typing import DTypeLike
+
+from distnn.nn.base import Layer
 
 
 class ConvLayer(Protocol):
@@ -32,9 +35,32 @@ class ConvLayer(Protocol):
     input_grad: bool
     p: dict[str, np.ndarray]
     g: dict[str, np.ndarray]
+    handoff: Handoff
+    algorithm: str
 
     def buffer(self, key: str, shape: tuple[int, ...], dtype: DTypeLike | None = None,
                zero: bool = False) -> np.ndarray: ...
+
+
+@dataclass
+class Handoff:
+    """A conv layer's links to its neighbours (set by Sequential) and what is handed over
+    between them (the direct form uses it: conv/direct.py)."""
+
+    after: ConvLayer | None = None  # the conv right after this one (through a fused ReLU)
+    before: ConvLayer | None = None  # the conv right before
+    wired: bool = False  # inside Sequential.backward: the input gradient may go to `before`
+    planar_from: np.ndarray | None = None  # the planar input holds this x already
+    dz_from: np.ndarray | None = None  # dz_in holds this d(out) (masked, planar)
+    pool_after: Layer | None = None  # the 2x2/2 max pool right after (through a fused ReLU)
+    pool_from: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None  # (the
+    # pool's unwritten dx, its d(out), its window positions, its output)
+    pooled_from: np.ndarray | None = None  # the pool's output holds the pool of this output
+    skip_out: bool = False  # inside Sequential.forward: a conv that hands on need not write out
+    planar_gen: int = 0  # counts the writes of the planar input (by the layer or the one before)
+    out_in: tuple[np.ndarray | None, int] | None = None  # out was not written: it is in this
+    # planar input of the next conv while that one's planar_gen is this (None: it is to be
+    # computed again from this layer's planar input while its own planar_gen is this)
 
 
 class ConvAlgorithm(ABC):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from distnn.nn import kernels, threads
 from distnn.nn.conv.algorithm import ConvLayer
@@ -41,8 +42,8 @@ def chunk_ranges(n: int, step: int) -> list[tuple[int, int]]:
 
 
 def per_worker(layer: ConvLayer, key: str, shape: tuple[int, ...], workers: int,
-               zero: bool = False) -> list[np.ndarray]:
-    return [layer.buffer(f"{key}{w}", shape, zero=zero) for w in range(workers)]
+               dtype: DTypeLike | None = None, zero: bool = False) -> list[np.ndarray]:
+    return [layer.buffer(f"{key}{w}", shape, dtype, zero=zero) for w in range(workers)]
 
 
 def accumulate(chunks: Sequence[tuple[int, int]], groups: Sequence[tuple[int, int]],

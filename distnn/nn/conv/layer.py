@@ -6,7 +6,7 @@ import numpy as np
 
 from distnn.nn import kernels
 from distnn.nn.base import Layer
-from distnn.nn.conv.algorithm import ConvAlgorithm
+from distnn.nn.conv.algorithm import ConvAlgorithm, Handoff
 from distnn.nn.conv.direct import Direct
 from distnn.nn.conv.im2col import Im2col
 from distnn.nn.conv.winograd import Winograd
@@ -44,6 +44,8 @@ class Conv2D(Layer):
         self.stride, self.pad = int(stride), int(pad)
         self.init = init
         self.fuse_relu = False
+        # Its neighbours, when a Sequential wires them (Sequential._wire; conv/direct.py).
+        self.handoff = Handoff()
         init_std(init, 1, 1, self.name)  # validate the name early
 
     def _build(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
