@@ -10,8 +10,9 @@ from distnn.nn.dense import Dense, Flatten
 from distnn.nn.errors import ShapeError, SpecError, StateError
 from distnn.nn.gradcheck import check_layer, numerical_grad, rel_error
 from distnn.nn.losses import LOSSES, softmax_cross_entropy, svm_hinge
-from distnn.nn.model import LAYERS, Sequential, build_layer, build_layers
+from distnn.nn.model import Sequential
 from distnn.nn.pool import AvgPool2D, GlobalAvgPool, MaxPool2D
+from distnn.nn.registry import LAYERS, build_layer, build_layers
 from distnn.nn.regularize import BatchNorm, Dropout
 
 __all__ = [

@@ -232,7 +232,7 @@ def test_conv_fuse_relu_is_false_until_a_model_fuses_it():
 
 def test_unknown_layer_and_bad_units_are_one_line_each():
     from distnn.nn.dense import Dense
-    from distnn.nn.model import build_layers
+    from distnn.nn.registry import build_layers
     with pytest.raises(SpecError) as err:
         build_layers([{"type": "nope"}])
     assert str(err.value) == (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from distnn.nn import Sequential, SpecError, build_layers
-from distnn.nn.model import MAX_ELEMENTS
+from distnn.nn.registry import MAX_ELEMENTS
 
 DENSE = {"type": "dense", "units": 3}
 
