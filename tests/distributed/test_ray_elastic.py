@@ -109,7 +109,8 @@ def one_process(tmp_path_factory):
     return tmp / "run"
 
 
-@pytest.mark.parametrize("workers", [1, 3])
+# 1 worker: -m slow (the suite's time budget; 3 workers on the two nodes run by default)
+@pytest.mark.parametrize("workers", [pytest.param(1, marks=pytest.mark.slow), 3])
 def test_ray_workers_compute_the_bits_of_one_process(cluster, one_process, tmp_path, workers):
     head, _ = cluster
     rd = tmp_path / "run"
