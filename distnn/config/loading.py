@@ -163,7 +163,7 @@ def from_dict(raw: dict) -> Config:
         raise ConfigError(f"data.pca_components: {cfg.data.pca_components} with data.preprocess "
                           f"{cfg.data.preprocess}; expected 0 (the key sets pca_whiten's "
                           f"components)")
-    if cfg.optimizer.name == "lbfgs":
+    if cfg.optimizer.name in optim.FULL_BATCH:
         check_full_batch(cfg, layers)
     t = cfg.train
     if t.groups > MAX_GROUPS:

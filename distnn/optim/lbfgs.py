@@ -39,14 +39,18 @@ Evaluate = Callable[[], tuple[float, np.ndarray]]
 @dataclass
 class Iteration:
     """What one L-BFGS iteration did: the accepted step length t (0: no step), the loss and
-    gradient there, how many evaluations it took, and whether the run has converged."""
+    gradient there, how many evaluations it took, and why the run has converged ("" if it has
+    not)."""
 
     t: float
     f: float
     g: np.ndarray
     evals: int
-    converged: bool
     reason: str = ""
+
+    @property
+    def converged(self) -> bool:
+        return bool(self.reason)
 
 
 class LBFGS(UpdateRule):
@@ -117,7 +121,7 @@ class LBFGS(UpdateRule):
         x0 = x.astype(np.float64)
         if _amax(g) <= self.tolerance_grad:
             self.converged = True
-            return Iteration(0.0, f, g, 0, True, "gradient below tolerance_grad")
+            return Iteration(0.0, f, g, 0, "gradient below tolerance_grad")
         d = self.direction(g)
         gd = _dot(g, d)
         if not gd < 0:  # no descent along d (round-off): start again from -g
@@ -139,7 +143,7 @@ class LBFGS(UpdateRule):
         if t == 0.0:  # no point of sufficient decrease: stay, and stop
             np.copyto(x, x0, casting="same_kind")
             self.converged = True
-            return Iteration(0.0, f, g, search.evals, True, "the line search found no decrease")
+            return Iteration(0.0, f, g, search.evals, "the line search found no decrease")
         np.copyto(x, x0 + t * d, casting="same_kind")  # the accepted point, as evaluated
         self.remember(x.astype(np.float64) - x0, gt - g)
         reason = ""
@@ -147,8 +151,9 @@ class LBFGS(UpdateRule):
             reason = "gradient below tolerance_grad"
         elif abs(ft - f) < self.tolerance_change:
             reason = "loss change below tolerance_change"
-        self.converged = bool(reason)
-        return Iteration(t, ft, gt, search.evals, self.converged, reason)
+        it = Iteration(t, ft, gt, search.evals, reason)
+        self.converged = it.converged
+        return it
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Full-batch training with L-BFGS (`optimizer.name: lbfgs`): every evaluation is the loss and
 gradient of the whole training split, one iteration is one "epoch" of the coordinator.
 
-The training split is cut into chunks of train.global_batch samples (the last one shorter),
-and the chunks into G contiguous groups: G = train.groups with train.invariant (so a group's
-chunks, and what it sums, do not depend on the number of ranks), else one group per rank.
+The training split is cut into ceil(n / train.global_batch) contiguous chunks as even as
+possible (at most global_batch samples each), and the chunks into G contiguous groups:
+G = train.groups with train.invariant (so a group's chunks, and what it sums, do not depend on
+the number of ranks), else one group per rank.
 Each rank computes the gradient of its groups chunk after chunk (float32 passes of the model,
 added in float64 in chunk order), and one allreduce of a zero-filled (G, P + 2) table gives
 every rank every group's row, which it adds in group order (exact.gather_sum): the same bits on
@@ -39,8 +40,8 @@ class FullBatch:
         self.model, self.train, self.normalization, self.comm = model, train, normalization, comm
         self.loss, self.l1, self.l2 = loss, l1, l2
         self.n = len(train)
-        self.chunks = [split_bounds(self.n, -(-self.n // chunk), i)
-                       for i in range(-(-self.n // chunk))]
+        count = -(-self.n // chunk)  # chunks of at most `chunk` samples
+        self.chunks = [split_bounds(self.n, count, i) for i in range(count)]
         self.groups = max(1, min(groups, len(self.chunks)))
         first, last = split_bounds(self.groups, comm.size, comm.rank)
         self.first, self.mine = first, range(first, last)  # this rank's groups

@@ -21,7 +21,7 @@ from distnn.data.transforms import value_scale
 from distnn.exit_codes import ExitCode
 from distnn.nn import Sequential
 from distnn.nn import threads as nn_threads
-from distnn.optim import UpdateRule
+from distnn.optim import FULL_BATCH, UpdateRule
 from distnn.storage import mirror
 from distnn.storage.remote import read_any
 from distnn.train import checkpoint as ckpt
@@ -293,7 +293,7 @@ def train(cfg: Config, comm: Communicator, run_dir: Path,
                 sink = tensorboard.TensorBoardSink(run_dir / "tensorboard")
                 metrics.sinks.append(sink)
                 stack.callback(sink.close)
-        kind = FullBatchCoordinator if cfg.optimizer.name == "lbfgs" else Coordinator
+        kind = FullBatchCoordinator if cfg.optimizer.name in FULL_BATCH else Coordinator
         coord = kind(cfg, comm, parts, run_dir, metrics)
         if snap is not None:
             coord.restore(snap, best, resume)
