@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"test accuracy: with F(4x4) {100 * f4.mean():.2f} % (seeds {100 * np.ptp(f4):.2f} "
           f"apart), without {100 * f2.mean():.2f} % ({100 * np.ptp(f2):.2f} apart); "
           f"difference per seed: {', '.join(f'{100 * d:+.2f}' for d in f4 - f2)} points")
+    if len(f4) > 1:  # paired by seed: the same data order and initial weights
+        d = f4 - f2
+        se = d.std(ddof=1) / np.sqrt(len(d))
+        print(f"mean difference {100 * d.mean():+.3f} points, standard error {100 * se:.3f} "
+              f"({len(d)} seeds; within noise if |mean| < 2 standard errors)")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from distnn.nn.activations import ReLU
-from distnn.nn.base import Layer
+from distnn.nn.base import Layer, Workspace
 from distnn.nn.conv import Conv2D
 from distnn.nn.conv.algorithm import Handoff
 from distnn.nn.dense import Dense
@@ -71,8 +71,10 @@ class Sequential:
         if self.dtype not in (np.float32, np.float64):
             raise SpecError(f"model: dtype {self.dtype}, expected float32 or float64")
         shape = self.input_shape
+        self.workspace = Workspace()  # the layers' transient work buffers (base.py)
         for layer in self.layers:
             shape = layer.build(shape, self.dtype)
+            layer.workspace = self.workspace
         check_sizes(self.layers)
         self.output_shape = shape
         # input_grad: backward returns d(loss)/d(inputs) (saliency maps, adversarial examples,

@@ -138,9 +138,9 @@ def test_algorithm_choice():
     model = Sequential([dict(type="conv", filters=32, kernel=3, pad=1),
                         dict(type="conv", filters=32, kernel=3, pad=1),
                         dict(type="conv", filters=32, kernel=2, stride=2)], (8, 8, 3), seed=0)
-    # 3x3/1 with 32 filters on an 8x8 output (a multiple of 4): Winograd F(4x4), 3 input
-    # channels or 32; 2x2/2: im2col
-    assert [layer.algorithm for layer in model.layers] == ["winograd4", "winograd4", "im2col"]
+    # 3x3/1 with 32 filters on an 8x8 output (a multiple of 4): direct on 3 input channels,
+    # Winograd F(4x4) on 32; 2x2/2: im2col
+    assert [layer.algorithm for layer in model.layers] == ["direct", "winograd4", "im2col"]
     small = Sequential([dict(type="conv", filters=32, kernel=3, pad=1)], (4, 4, 32), seed=0)
     assert small.layers[0].algorithm == "winograd"  # a 4x4 output: F(2x2)
     seed = Sequential([dict(type="conv", filters=10, kernel=3, pad=1),

@@ -175,7 +175,10 @@ def test_fits_3x3_stride_1_only():
     ((4, 4, 64), 64, "winograd"),  # 4x4 (one tile): F(2x2)
     ((6, 6, 32), 32, "winograd"),  # not a multiple of 4: F(2x2)
     ((14, 14, 32), 32, "winograd"),
-    ((32, 32, 3), 32, "winograd4"),  # thin input, 32 filters (a first layer)
+    ((32, 32, 8), 32, "winograd4"),  # thin input (8 channels), 32 filters
+    ((32, 32, 3), 32, "direct"),  # an image's channels (a first layer): direct
+    ((28, 28, 1), 32, "direct"),
+    ((32, 32, 7), 64, "direct"),
     ((32, 32, 3), 16, "direct"),  # thin input and filters
     ((32, 32, 10), 10, "direct"),
     ((7, 7, 32), 32, "im2col"),  # odd: neither Winograd pays

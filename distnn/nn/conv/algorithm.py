@@ -41,6 +41,9 @@ class ConvLayer(Protocol):
     def buffer(self, key: str, shape: tuple[int, ...], dtype: DTypeLike | None = None,
                zero: bool = False) -> np.ndarray: ...
 
+    def transient(self, key: str, shape: tuple[int, ...],
+                  dtype: DTypeLike | None = None) -> np.ndarray: ...
+
 
 @dataclass
 class Handoff:

@@ -29,10 +29,23 @@ def kept_input(layer: ConvLayer, x: np.ndarray) -> np.ndarray:
 
 def bias_grad(layer: ConvLayer, dout: np.ndarray, out: np.ndarray) -> np.ndarray:
     """dout as (N*Ho*Wo, F), masked where the fused ReLU's output is zero, and layer.g["b"],
-    in one pass (the ReLU layer then passes dout through untouched)."""
-    dout2d = dout.reshape(-1, layer.filters)
-    kernels.relu_mask_bias_grad_(dout2d, out.reshape(-1, layer.filters), layer.g["b"],
-                                 layer.fuse_relu)
+    in one pass (the ReLU layer then passes dout through untouched). On the pool: the images
+    in threads.groups, each group's column sums in float64, added in group order and rounded
+    once."""
+    n, f = dout.shape[0], layer.filters
+    dout2d, out2d = dout.reshape(-1, f), out.reshape(-1, f)
+    rows = dout2d.shape[0] // n  # per image
+    groups = threads.groups(n)
+    parts = layer.transient("db_groups", (len(groups), f), np.float64)
+
+    def job(_w: int, g: int) -> None:
+        r0, r1 = groups[g][0] * rows, groups[g][1] * rows
+        kernels.relu_mask_bias_grad_(dout2d[r0:r1], out2d[r0:r1], parts[g], layer.fuse_relu)
+
+    threads.run(job, range(len(groups)))
+    total = layer.transient("db", (f,), np.float64)
+    sum_groups(parts, total)
+    layer.g["b"][...] = total
     return dout2d
 
 
@@ -44,6 +57,12 @@ def chunk_ranges(n: int, step: int) -> list[tuple[int, int]]:
 def per_worker(layer: ConvLayer, key: str, shape: tuple[int, ...], workers: int,
                dtype: DTypeLike | None = None, zero: bool = False) -> list[np.ndarray]:
     return [layer.buffer(f"{key}{w}", shape, dtype, zero=zero) for w in range(workers)]
+
+
+def per_worker_transient(layer: ConvLayer, key: str, shape: tuple[int, ...],
+                         workers: int) -> list[np.ndarray]:
+    """per_worker, for buffers used only within the current call (Layer.transient)."""
+    return [layer.transient(f"{key}{w}", shape) for w in range(workers)]
 
 
 def accumulate(chunks: Sequence[tuple[int, int]], groups: Sequence[tuple[int, int]],

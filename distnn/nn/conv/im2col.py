@@ -42,7 +42,8 @@ class Im2col(ConvAlgorithm):
         w2d, b = layer.p["W"].reshape(layer.k2, f), layer.p["b"]
         step = self._chunk(layer, n)
         chunks = common.chunk_ranges(n, step)
-        cols = common.per_worker(layer, "cols", (step * hw, layer.k2), threads.workers(len(chunks)))
+        cols = common.per_worker_transient(layer, "cols", (step * hw, layer.k2),
+                                           threads.workers(len(chunks)))
 
         def job(w: int, i: int) -> None:
             n0, n1 = chunks[i]
@@ -64,9 +65,9 @@ class Im2col(ConvAlgorithm):
         chunks = common.chunk_ranges(n, step)
         groups = threads.groups(len(chunks))
         k = threads.workers(len(groups))
-        cols = common.per_worker(layer, "cols", (step * hw, layer.k2), k)
-        part = common.per_worker(layer, "gw_part", (layer.k2, f), k)
-        gws = layer.buffer("gw_groups", (len(groups), layer.k2, f))
+        cols = common.per_worker_transient(layer, "cols", (step * hw, layer.k2), k)
+        part = common.per_worker_transient(layer, "gw_part", (layer.k2, f), k)
+        gws = layer.transient("gw_groups", (len(groups), layer.k2, f))
 
         def work(w: int, n0: int, n1: int, gw_chunk: np.ndarray) -> None:
             c, d = cols[w][:(n1 - n0) * hw], dout2d[n0 * hw:n1 * hw]

@@ -60,7 +60,7 @@ class Winograd(ConvAlgorithm):
         g = layer.buffer("G", (4, 3))
         g[...] = winograd.G
         u = layer.buffer("U", (16, c, f))
-        winograd.filter_transform(layer.p["W"], u, g, layer.buffer("u_tmp", (4, 3, c * f)))
+        winograd.filter_transform(layer.p["W"], u, g, layer.transient("u_tmp", (4, 3, c * f)))
         return u
 
     @classmethod
@@ -69,8 +69,10 @@ class Winograd(ConvAlgorithm):
         """Per-worker V (AREA, rows, C) and M (AREA, rows, F) for chunks of `step` images."""
         th, tw = cls._tiles(layer)
         rows = winograd.padded_tiles(step * th * tw)
-        return (common.per_worker(layer, "V", (cls.AREA, rows, layer.channels), workers),
-                common.per_worker(layer, "M", (cls.AREA, rows, layer.filters), workers))
+        return (common.per_worker_transient(layer, "V", (cls.AREA, rows, layer.channels),
+                                            workers),
+                common.per_worker_transient(layer, "M", (cls.AREA, rows, layer.filters),
+                                            workers))
 
     def forward(self, layer: ConvLayer, x: np.ndarray, out: np.ndarray) -> None:
         n, (th, tw), kern = x.shape[0], self._tiles(layer), self.KERNELS
@@ -100,8 +102,8 @@ class Winograd(ConvAlgorithm):
         groups = threads.groups(len(chunks))
         k = threads.workers(len(groups))
         v, dm = self._buffers(layer, step, k)
-        part = common.per_worker(layer, "dU_part", (area, c, f), k)
-        dus = layer.buffer("dU_groups", (len(groups), area, c, f))
+        part = common.per_worker_transient(layer, "dU_part", (area, c, f), k)
+        dus = layer.transient("dU_groups", (len(groups), area, c, f))
 
         def work(w: int, n0: int, n1: int, du_chunk: np.ndarray) -> None:
             t = (n1 - n0) * th * tw
@@ -114,10 +116,10 @@ class Winograd(ConvAlgorithm):
                 kern.input_transform_adjoint(v[w], dx[n0:n1], layer.pad, th, tw)
 
         common.accumulate(chunks, groups, dus, part, work)
-        du = layer.buffer("dU", (area, c, f))
+        du = layer.transient("dU", (area, c, f))
         common.sum_groups(dus, du)
         side = kern.G.shape[0]  # points per tile side: 4 or 6
         gt = layer.buffer("GT", (3, side))
         gt[...] = kern.G.T
         kern.filter_transform_adjoint(du, layer.g["W"], gt,
-                                      layer.buffer("du_tmp", (3, side, c * f)))
+                                      layer.transient("du_tmp", (3, side, c * f)))
