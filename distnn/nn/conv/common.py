@@ -83,8 +83,26 @@ def accumulate(chunks: Sequence[tuple[int, int]], groups: Sequence[tuple[int, in
     threads.run(job, range(len(groups)))
 
 
+# sum_groups cuts sums of more elements than this into pieces on the pool (each element is
+# still the same sum in the same order: the same bits).
+SUM_PIECE = 1 << 16
+
+
 def sum_groups(parts: np.ndarray, out: np.ndarray) -> None:
     """out = parts[0] + parts[1] + ... in this order (whatever the thread count)."""
-    out[...] = parts[0]
-    for part in parts[1:]:
-        out += part
+    if not (out.flags.c_contiguous and parts.flags.c_contiguous):  # no flat views to cut
+        out[...] = parts[0]
+        for part in parts[1:]:
+            out += part
+        return
+    flat_parts, flat = parts.reshape(len(parts), -1), out.reshape(-1)
+    pieces = chunk_ranges(flat.size, max(SUM_PIECE, -(-flat.size // threads.GROUPS)))
+
+    def job(_w: int, i: int) -> None:
+        e0, e1 = pieces[i]
+        o = flat[e0:e1]
+        o[...] = flat_parts[0, e0:e1]
+        for part in flat_parts[1:]:
+            o += part[e0:e1]
+
+    threads.run(job, range(len(pieces)))
