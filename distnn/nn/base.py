@@ -19,6 +19,9 @@ def is_number(value: object) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+GRAD_ARENAS = ("dx_a", "dx_b", "dx_c")
+
+
 class Workspace:
     """Memory the layers of one model share for work buffers that live only within one forward
     or backward call of a layer (`Layer.transient`): the layers run one after another, so one
@@ -41,6 +44,30 @@ class Workspace:
             self._views = {k: v for k, v in self._views.items() if k[0] != key or k[2] != dtype}
         view = self._views[(key, shape, dtype)] = arena[:size].reshape(shape)
         return view
+
+    def reserve_input_grads(self, size: int, dtype: np.dtype) -> None:
+        """Make the two input-gradient arenas `size` elements large before a backward pass
+        asks for them: grown layer by layer instead, each would be allocated and freed
+        several times in the first pass, and the freed memory stay in the process (glibc
+        raises its mmap threshold on the first free; measured: 9 MB of peak RSS more on
+        the cifar net)."""
+        for key in GRAD_ARENAS[:2]:
+            arena = self._arenas.get((key, dtype))
+            if arena is None or arena.size < size:
+                self.get(key, (size,), dtype)
+
+    def input_grad(self, shape: tuple[int, ...], dtype: np.dtype,
+                   reads: tuple[np.ndarray, ...]) -> np.ndarray:
+        """A buffer for a layer's input gradient, in an arena that none of `reads` lies in.
+        In a backward pass a layer reads the input gradient of the layer after it (through
+        layers that pass it on) and writes its own, which only the layer before it reads: two
+        arenas used in turn hold them all (the cifar net: 34 MB instead of 57). A third is
+        made only if `reads` lie in both."""
+        for key in GRAD_ARENAS:
+            arena = self._arenas.get((key, dtype))
+            if arena is None or not any(np.may_share_memory(arena, r) for r in reads):
+                return self.get(key, shape, dtype)
+        raise AssertionError(f"reads {len(reads)} arrays in all of {GRAD_ARENAS}")
 
 
 class Layer:
@@ -119,6 +146,15 @@ class Layer:
         if self.workspace is None:
             return self.buffer(key, shape, dtype)
         return self.workspace.get(key, shape, self.dtype if dtype is None else np.dtype(dtype))
+
+    def input_grad_buffer(self, shape: tuple[int, ...], *reads: np.ndarray) -> np.ndarray:
+        """Where backward writes the input gradient it returns: valid until the model's next
+        backward pass reaches the layer before (which reads it). `reads`: every array this
+        backward reads that a layer after it wrote (its d(out), anything handed over), so
+        that the buffer lies in none of them (Workspace.input_grad)."""
+        if self.workspace is None:
+            return self.buffer("dx", shape)
+        return self.workspace.input_grad(shape, self.dtype, reads)
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         raise NotImplementedError

@@ -99,7 +99,7 @@ class Dense(Layer):
     def backward(self, dout):
         x, w, gw = self._x, self.p["W"], self.g["W"]
         np.sum(dout, axis=0, out=self.g["b"])
-        dx = self.buffer("dx", x.shape) if self.input_grad else None
+        dx = self.input_grad_buffer(x.shape, dout) if self.input_grad else None
         pieces = cuts(x.shape[1], x.size * self.units)
 
         def job(_w: int, i: int) -> None:

@@ -77,6 +77,8 @@ class Sequential:
             layer.workspace = self.workspace
         check_sizes(self.layers)
         self.output_shape = shape
+        # The most elements an input gradient holds per sample (Workspace.reserve_input_grads).
+        self._widest_input = max(int(np.prod(layer.in_shape)) for layer in self.layers)
         # input_grad: backward returns d(loss)/d(inputs) (saliency maps, adversarial examples,
         # gradient checks); off in training, where nobody needs it.
         self.input_grad = input_grad
@@ -179,6 +181,7 @@ class Sequential:
         """
         if not overwrite:
             dout = dout.copy()
+        self.workspace.reserve_input_grads(dout.shape[0] * self._widest_input, self.dtype)
         with self.handing_over("backward"):
             for i in range(len(self.layers) - 1, self.backward_stop - 1, -1):
                 # Only the first layer visited returns None (it computes no input gradient).

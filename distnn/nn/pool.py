@@ -75,13 +75,15 @@ class MaxPool2D(_Pool2D):
         return out
 
     def backward(self, dout):
-        dx = self.buffer("dx", (self._n,) + self.in_shape)
+        shape = (self._n,) + self.in_shape
         dout, arg = np.ascontiguousarray(dout), self._scratch["arg"]
         conv = self.producer
         if self.wired and conv is not None and conv.algorithm == "direct" \
                 and self.size == self.stride == 2:
+            dx = self.buffer("dx", shape)  # never written: a token (its pages stay untouched)
             conv.handoff.pool_from = (dx, dout, arg, self._scratch["out"])
             return dx
+        dx = self.input_grad_buffer(shape, dout)
         _by_images(self._n, lambda n0, n1: kernels.maxpool_backward(
             dout[n0:n1], arg[n0:n1], dx[n0:n1], self.size, self.stride))
         return dx
@@ -100,7 +102,7 @@ class AvgPool2D(_Pool2D):
         return out
 
     def backward(self, dout):
-        dx = self.buffer("dx", (self._n,) + self.in_shape)
+        dx = self.input_grad_buffer((self._n,) + self.in_shape, dout)
         _by_images(self._n, lambda n0, n1: kernels.avgpool_backward(dout[n0:n1], dx[n0:n1],
                                                                     self.size, self.stride))
         return dx
@@ -124,6 +126,6 @@ class GlobalAvgPool(Layer):
 
     def backward(self, dout):
         h, w, _ = self.in_shape
-        dx = self.buffer("dx", (dout.shape[0],) + self.in_shape)
+        dx = self.input_grad_buffer((dout.shape[0],) + self.in_shape, dout)
         dx[...] = (dout / (h * w))[:, None, None, :]
         return dx

@@ -23,6 +23,13 @@ SPECS = [
     {"type": "dense", "units": 5},
 ]
 SHAPE = (12, 12, 3)
+# The seed net's form: direct convs that hand each other planar data and compute the max pool
+# after them (their input gradients and the pool's d(out) go to the layer before directly).
+SEED = [{"type": "conv", "filters": 8, "kernel": 3, "pad": 1}, {"type": "relu"},
+        {"type": "conv", "filters": 8, "kernel": 3, "pad": 1}, {"type": "relu"},
+        {"type": "maxpool", "size": 2},
+        {"type": "conv", "filters": 8, "kernel": 3, "pad": 1}, {"type": "relu"},
+        {"type": "maxpool", "size": 2}, {"type": "flatten"}, {"type": "dense", "units": 5}]
 
 
 def test_get_hands_out_one_view_per_shape_and_grows_to_the_largest():
@@ -39,34 +46,71 @@ def test_get_hands_out_one_view_per_shape_and_grows_to_the_largest():
     assert not np.shares_memory(ws.get("M0", (2, 3), f32), c)  # another key: its own
 
 
-def layers_used(model, x, y):
-    """Per layer, after a step: the parameter gradients, and the loss."""
-    loss, _ = model.forward_backward(x, y)
-    return loss, model.grads.copy()
+def step(model, x, dscores):
+    """The scores, the parameter gradients and the input gradient of one step."""
+    scores = model.forward(x, True).copy()
+    dx = model.backward(dscores)
+    return scores, model.grads.copy(), dx.copy()
 
 
 @pytest.mark.parametrize("count", [1, 2])
-def test_sharing_changes_no_bit(count):
+@pytest.mark.parametrize("specs,algorithms", [
+    (SPECS, ["direct", "winograd4", "winograd4", "winograd", "im2col"]),
+    (SEED, ["direct"] * 3)])
+def test_sharing_changes_no_bit(count, specs, algorithms):
     """A model whose layers share the workspace computes what one whose layers keep their own
     buffers computes, to the bit, step after step (a later step reuses what the layers after
-    wrote into the shared arenas)."""
+    wrote into the shared arenas), the input gradients included."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6,) + SHAPE).astype(np.float32)
-    y = rng.integers(0, 5, 6)
-    shared = Sequential(SPECS, SHAPE, seed=3, input_grad=True)
-    own = Sequential(SPECS, SHAPE, seed=3, input_grad=True)
-    assert [lay.algorithm for lay in shared.layers if lay.kind == "conv"] == \
-        ["direct", "winograd4", "winograd4", "winograd", "im2col"]
+    shared = Sequential(specs, SHAPE, seed=3, input_grad=True)
+    own = Sequential(specs, SHAPE, seed=3, input_grad=True)
+    assert [lay.algorithm for lay in shared.layers if lay.kind == "conv"] == algorithms
     for layer in own.layers:
         layer.workspace = None
     with threads.limit(count):
-        for _ in range(2):
+        for i in range(3):
+            dscores = rng.standard_normal((6, 5)).astype(np.float32)
             for m in (shared, own):
                 m.params[...] -= 0.01 * m.grads
-            got, want = layers_used(shared, x, y), layers_used(own, x, y)
-            assert got[0] == want[0]
-            np.testing.assert_array_equal(got[1], want[1])
-    assert shared.workspace._arenas and not own.workspace._arenas
+            got, want = step(shared, x + i, dscores), step(own, x + i, dscores)
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_array_equal(a, b)
+    assert {k for k, _ in shared.workspace._arenas} >= {"dx_a", "dx_b"}
+    assert {k for k, _ in own.workspace._arenas} == {"dx_a", "dx_b"}  # reserved, unused
+    assert any("dx" in lay._scratch for lay in own.layers)
+
+
+def test_input_gradients_take_turns_in_two_arenas():
+    """Each layer's input gradient lies in an arena other than the one it read its d(out)
+    from; both are reserved at n x the widest layer input before the first layer asks."""
+    model = Sequential(SPECS, SHAPE, seed=0, input_grad=True)
+    x = np.ones((6,) + SHAPE, np.float32)
+    model.forward(x, True)
+    seen = []
+    for layer in model.layers:
+        real = layer.backward
+
+        def spy(dout, real=real, layer=layer):
+            dx = real(dout)
+            seen.append((layer.name, dout, dx))
+            return dx
+
+        layer.backward = spy
+    model.backward(np.ones((6, 5), np.float32))
+    f32 = np.dtype(np.float32)
+    arenas = {k: v for k, v in model.workspace._arenas.items() if k[0].startswith("dx_")}
+    assert sorted(arenas) == [("dx_a", f32), ("dx_b", f32)]
+    widest = max(int(np.prod(lay.in_shape)) for lay in model.layers)
+    assert widest == 12 * 12 * 32 and all(a.size == 6 * widest for a in arenas.values())
+    writers = [(name, dout, dx) for name, dout, dx in seen if dx is not dout
+               and not (dx.base is not None and dx.base is dout.base)]  # not passed on
+    assert [name for name, _, _ in writers] == \
+        ["dense9", "conv7", "conv6", "maxpool5", "conv4", "conv2", "conv0"]
+    for name, dout, dx in writers:
+        (inside,) = [k for k, a in arenas.items() if np.shares_memory(a, dx)]
+        assert not np.shares_memory(arenas[inside], dout), name
+    assert not any("dx" in lay._scratch for lay in model.layers)
 
 
 def test_arenas_are_as_large_as_the_largest_layer_needs():

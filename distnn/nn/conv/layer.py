@@ -97,7 +97,9 @@ class Conv2D(Layer):
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         n = dout.shape[0]
-        dx = self.buffer("dx", (n, self.height, self.width, self.channels)) \
+        handed = self.handoff.pool_from  # a max pool's d(out), read instead of dout
+        reads = (dout,) if handed is None else (dout, handed[1])
+        dx = self.input_grad_buffer((n, self.height, self.width, self.channels), *reads) \
             if self.input_grad else None
         self._algorithm.backward(self, dout, self._scratch["out"], dx)
         return dx
