@@ -78,7 +78,7 @@ class Sequential:
         check_sizes(self.layers)
         self.output_shape = shape
         # The most elements an input gradient holds per sample (Workspace.reserve_input_grads).
-        self._widest_input = max(int(np.prod(layer.in_shape)) for layer in self.layers)
+        self._widest_input = max(int(np.prod(cast(tuple, layer.in_shape))) for layer in self.layers)
         # input_grad: backward returns d(loss)/d(inputs) (saliency maps, adversarial examples,
         # gradient checks); off in training, where nobody needs it.
         self.input_grad = input_grad
