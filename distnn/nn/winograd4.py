@@ -77,49 +77,58 @@ def _constants(dtype, a, b, c):
 
 
 @njit
+def _row(x, n, y, zero):
+    """Input row y of image n (W, C), or `zero` (a row of zeros) outside x."""
+    return x[n, y] if 0 <= y < x.shape[1] else zero
+
+
+@njit
 def input_transform(x, v, pad, th, tw):
     """x (N, H, W, C) -> v (36, N*th*tw, C): B^T d B of every 6x6 input tile (zero padding
-    outside x). Tile (i, j) starts at input row 4i - pad, column 4j - pad."""
+    outside x). Tile (i, j) starts at input row 4i - pad, column 4j - pad. Neighbouring tiles
+    share two input columns, so the first half, B^T d (along the tile's rows), is formed once
+    per input column of a row of tiles (into r), and the second, (B^T d) B, per tile: 1.5x
+    fewer row transforms and no copy of each tile (the same operations on each value as tile
+    by tile, so the same bits)."""
     n_, h, w, c = x.shape
-    d = np.empty((6, 6, c), dtype=x.dtype)
+    cols = 4 * tw + 2  # input columns a row of tiles covers, from -pad
+    r = np.zeros((6, cols, c), dtype=x.dtype)  # B^T d; columns outside x stay zero
+    zero = np.zeros((w, c), dtype=x.dtype)
     two, four, five = _constants(x.dtype, 2.0, 4.0, 5.0)
+    first, stop = max(0, pad), min(cols, w + pad)  # the columns inside x
     for n in range(n_):
         for i in range(th):
+            y0 = 4 * i - pad
+            x0, x1, x2 = _row(x, n, y0, zero), _row(x, n, y0 + 1, zero), _row(x, n, y0 + 2, zero)
+            x3, x4 = _row(x, n, y0 + 3, zero), _row(x, n, y0 + 4, zero)
+            x5 = _row(x, n, y0 + 5, zero)
+            for col in range(first, stop):
+                xx = col - pad
+                for ch in range(c):
+                    d0, d1, d2 = x0[xx, ch], x1[xx, ch], x2[xx, ch]
+                    d3, d4, d5 = x3[xx, ch], x4[xx, ch], x5[xx, ch]
+                    p, q = four * d4 - d2, four * d3 - d1
+                    rr, s = two * (d2 - d4), d1 - d3
+                    r[0, col, ch] = d0 - five * d2 + four * d4
+                    r[1, col, ch] = p + q
+                    r[2, col, ch] = p - q
+                    r[3, col, ch] = rr + s
+                    r[4, col, ch] = rr - s
+                    r[5, col, ch] = d1 - five * d3 + four * d5
             for j in range(tw):
                 t = (n * th + i) * tw + j
-                for a in range(6):
-                    y = 4 * i - pad + a
-                    for b in range(6):
-                        xx = 4 * j - pad + b
-                        if 0 <= y < h and 0 <= xx < w:
-                            for ch in range(c):
-                                d[a, b, ch] = x[n, y, xx, ch]
-                        else:
-                            for ch in range(c):
-                                d[a, b, ch] = 0.0
-                for b in range(6):  # rows: B^T d
-                    for ch in range(c):
-                        d0, d1, d2 = d[0, b, ch], d[1, b, ch], d[2, b, ch]
-                        d3, d4, d5 = d[3, b, ch], d[4, b, ch], d[5, b, ch]
-                        p, q = four * d4 - d2, four * d3 - d1
-                        r, s = two * (d2 - d4), d1 - d3
-                        d[0, b, ch] = d0 - five * d2 + four * d4
-                        d[1, b, ch] = p + q
-                        d[2, b, ch] = p - q
-                        d[3, b, ch] = r + s
-                        d[4, b, ch] = r - s
-                        d[5, b, ch] = d1 - five * d3 + four * d5
+                b0 = 4 * j
                 for a in range(6):  # columns: (B^T d) B
                     for ch in range(c):
-                        d0, d1, d2 = d[a, 0, ch], d[a, 1, ch], d[a, 2, ch]
-                        d3, d4, d5 = d[a, 3, ch], d[a, 4, ch], d[a, 5, ch]
+                        d0, d1, d2 = r[a, b0, ch], r[a, b0 + 1, ch], r[a, b0 + 2, ch]
+                        d3, d4, d5 = r[a, b0 + 3, ch], r[a, b0 + 4, ch], r[a, b0 + 5, ch]
                         p, q = four * d4 - d2, four * d3 - d1
-                        r, s = two * (d2 - d4), d1 - d3
+                        rr, s = two * (d2 - d4), d1 - d3
                         v[6 * a + 0, t, ch] = d0 - five * d2 + four * d4
                         v[6 * a + 1, t, ch] = p + q
                         v[6 * a + 2, t, ch] = p - q
-                        v[6 * a + 3, t, ch] = r + s
-                        v[6 * a + 4, t, ch] = r - s
+                        v[6 * a + 3, t, ch] = rr + s
+                        v[6 * a + 4, t, ch] = rr - s
                         v[6 * a + 5, t, ch] = d1 - five * d3 + four * d5
 
 
