@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from distnn.nn import threads, winograd
+from distnn.nn import kernels, threads, winograd
 from distnn.nn.conv import common
 from distnn.nn.conv.algorithm import ConvAlgorithm, ConvLayer
 
@@ -96,9 +96,10 @@ class Winograd(ConvAlgorithm):
                  dx: np.ndarray | None) -> None:
         x, u, c, f, kern = self.x, self.u, layer.channels, layer.filters, self.KERNELS
         n, (th, tw), area = x.shape[0], self._tiles(layer), self.AREA
-        dout = common.bias_grad(layer, dout, out).reshape(n, layer.ho, layer.wo, f)
+        dout = np.ascontiguousarray(dout)  # masked in place, chunk by chunk
         step = self._chunk(layer, n)
         chunks = common.chunk_ranges(n, step)
+        db_chunks = layer.transient("db_chunks", (len(chunks), f), np.float64)
         groups = threads.groups(len(chunks))
         k = threads.workers(len(groups))
         v, dm = self._buffers(layer, step, k)
@@ -108,6 +109,10 @@ class Winograd(ConvAlgorithm):
         def work(w: int, n0: int, n1: int, du_chunk: np.ndarray) -> None:
             t = (n1 - n0) * th * tw
             vc, dmc = v[w][:, :t], dm[w][:, :t]
+            # The fused ReLU's mask and the chunk's bias gradient (float64 column sums), in
+            # one pass over the chunk's d(out), just before the transform reads it.
+            kernels.relu_mask_bias_grad_(dout[n0:n1].reshape(-1, f), out[n0:n1].reshape(-1, f),
+                                         db_chunks[n0 // step], layer.fuse_relu)
             kern.input_transform(x[n0:n1], v[w], layer.pad, th, tw)
             kern.output_transform_adjoint(dout[n0:n1], dm[w], th, tw)
             np.matmul(vc.transpose(0, 2, 1), dmc, out=du_chunk)
@@ -116,6 +121,9 @@ class Winograd(ConvAlgorithm):
                 kern.input_transform_adjoint(v[w], dx[n0:n1], layer.pad, th, tw)
 
         common.accumulate(chunks, groups, dus, part, work)
+        db = layer.transient("db", (f,), np.float64)
+        common.sum_groups(db_chunks, db)  # in chunk order
+        layer.g["b"][...] = db
         du = layer.transient("dU", (area, c, f))
         common.sum_groups(dus, du)
         side = kern.G.shape[0]  # points per tile side: 4 or 6
