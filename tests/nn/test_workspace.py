@@ -46,6 +46,19 @@ def test_get_hands_out_one_view_per_shape_and_grows_to_the_largest():
     assert not np.shares_memory(ws.get("M0", (2, 3), f32), c)  # another key: its own
 
 
+def test_input_grad_takes_an_arena_none_of_the_reads_lies_in():
+    ws = Workspace()
+    f32 = np.dtype(np.float32)
+    ws.reserve_input_grads(40, f32)
+    a = ws.input_grad((2, 20), f32, (np.zeros(3, np.float32),))  # reads elsewhere: the first
+    assert np.shares_memory(a, ws._arenas[("dx_a", f32)])
+    b = ws.input_grad((4, 5), f32, (a[:1],))
+    assert np.shares_memory(b, ws._arenas[("dx_b", f32)])
+    assert np.shares_memory(ws.input_grad((4, 5), f32, (b,)), a)  # back to the first
+    c = ws.input_grad((3,), f32, (a, b[1:]))  # reads in both: a third arena
+    assert not np.shares_memory(c, a) and not np.shares_memory(c, b)
+
+
 def step(model, x, dscores):
     """The scores, the parameter gradients and the input gradient of one step."""
     scores = model.forward(x, True).copy()
