@@ -228,3 +228,35 @@ def test_kernels_have_distnn_jit_settings():
     assert len(kernels) == 6  # _constants, _row and the four transforms
     for fn in kernels:
         assert fn.targetoptions == {**SETTINGS, "fastmath": False}
+
+
+def bt_rows(d0, d1, d2, d3, d4, d5):
+    """B^T applied to six float32 arrays, operation for operation as the kernels write it."""
+    two, four, five = np.float32(2), np.float32(4), np.float32(5)
+    p, q = four * d4 - d2, four * d3 - d1
+    r, s = two * (d2 - d4), d1 - d3
+    return [d0 - five * d2 + four * d4, p + q, p - q, r + s, r - s, d1 - five * d3 + four * d5]
+
+
+@pytest.mark.parametrize("hw,pad", [((10, 14), 1), ((7, 9), 0), ((5, 6), 3)])
+def test_input_transform_is_b_t_d_b_tile_by_tile_to_the_bit(hw, pad):
+    """The kernel forms B^T d once per input column of a row of tiles and shares it between
+    neighbouring tiles: the same float32 operations on each value as a tile-by-tile B^T d B
+    in NumPy, so the same bits (padding and the ragged last tiles included)."""
+    rng = np.random.default_rng(5)
+    n, c = 2, 5
+    x = rng.standard_normal((n,) + hw + (c,)).astype(np.float32)
+    th, tw = winograd4.tiles(hw[0] + 2 * pad - 2), winograd4.tiles(hw[1] + 2 * pad - 2)
+    padded = np.zeros((n, 4 * th + 2, 4 * tw + 2, c), np.float32)
+    inside = padded[:, pad:pad + hw[0], pad:pad + hw[1]]
+    inside[...] = x[:, :inside.shape[1], :inside.shape[2]]
+    v = np.full((36, n * th * tw + 1, c), np.nan, np.float32)
+    winograd4.input_transform(x, v, pad, th, tw)
+    for b in range(n):
+        for i in range(th):
+            for j in range(tw):
+                d = padded[b, 4 * i:4 * i + 6, 4 * j:4 * j + 6]  # (6, 6, C)
+                rows = bt_rows(*d)  # B^T d: six (6, C) rows
+                want = [bt_rows(*(row[k] for k in range(6))) for row in rows]  # (B^T d) B
+                got = v[:, (b * th + i) * tw + j].reshape(6, 6, c)
+                np.testing.assert_array_equal(got, np.array(want))
