@@ -38,16 +38,18 @@ def test_sum_groups_into_a_strided_view():
     assert not out[:, 1::2].any()
 
 
+@pytest.mark.parametrize("algorithm", ["winograd4", "im2col"])
 @pytest.mark.parametrize("relu", [False, True])
-def test_bias_gradient_and_mask_on_any_thread_count(relu):
-    """A Winograd conv's bias gradient (the column sums of the masked d(out), float64 per group
-    of images) against NumPy in float64, and equal bits in float32 on 1, 2 and 3 threads."""
+def test_bias_gradient_and_mask_on_any_thread_count(relu, algorithm):
+    """A conv's bias gradient (the column sums of the masked d(out), float64 per chunk in
+    Winograd's tasks, per group of images in common.bias_grad for im2col) against NumPy in
+    float64, and equal bits in float32 on 1, 2 and 3 threads."""
     specs = [{"type": "conv", "filters": 16, "kernel": 3, "pad": 1}] + \
         ([{"type": "relu"}] if relu else [])
     got = {}
     for dtype, count in ((np.float64, 2), (np.float32, 1), (np.float32, 2), (np.float32, 3)):
         model = Sequential(specs, (8, 8, 16), seed=0, dtype=dtype)
-        assert model.layers[0].algorithm == "winograd4"
+        model.layers[0].algorithm = algorithm
         rng = np.random.default_rng(2)
         x = rng.standard_normal((20, 8, 8, 16)).astype(dtype)
         dout = rng.standard_normal((20, 8, 8, 16)).astype(dtype)
